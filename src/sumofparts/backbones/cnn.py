@@ -1,0 +1,167 @@
+"""Adapter for a plain PyTorch CNN: cells are the cells of a feature-map grid."""
+from __future__ import annotations
+
+import copy
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BackboneAdapter, check_image_batch, describe, upsample_nearest
+
+__all__ = ["CNNAdapter"]
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _CNNCellEncoder(nn.Module):
+    """Trainable copy of a CNN up to ``feature_layer``: image -> ``(B, h*w, D)`` cell embeddings.
+
+    The copy runs the network until the feature layer has produced its output and
+    stops there; the feature map is average-pooled to the cell grid when its size
+    differs from it.
+    """
+
+    def __init__(self, model: nn.Module, feature_layer: str, grid: tuple[int, int]):
+        super().__init__()
+        self.net = copy.deepcopy(model)
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        self.feature_layer = feature_layer
+        self.grid = grid
+        self._out: torch.Tensor | None = None
+        dict(self.net.named_modules())[feature_layer].register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self._out = output
+        raise _StopForward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            self.net(x)
+        except _StopForward:
+            pass
+        fmap, self._out = self._out, None
+        if fmap is None or fmap.ndim != 4:
+            raise RuntimeError(f"feature layer {self.feature_layer!r} must output (B, D, h, w), got "
+                               f"{describe(fmap)}")
+        if tuple(fmap.shape[-2:]) != tuple(self.grid):
+            fmap = nn.functional.adaptive_avg_pool2d(fmap, self.grid)
+        return fmap.flatten(2).transpose(1, 2)  # (B, h*w, D)
+
+
+class CNNAdapter(BackboneAdapter):
+    """A plain PyTorch CNN as an SOP backbone.
+
+    Args:
+        model: the CNN, ``model(x) -> (B, C)`` for ``x: (B, channels, H, W)``.
+        feature_layer: dotted name (as in ``model.named_modules()``) of the layer whose
+            output ``(B, D, h, w)`` gives the generator's cell embeddings.
+        classifier: dotted name of the final ``nn.Linear``; its input is the group
+            embedding. ``None``: the last ``nn.Linear`` of the model.
+        grid: the cell grid ``(h, w)``; ``None``: the feature map's own size. Masks are
+            upsampled nearest from the grid to the input.
+        input_shape: ``(channels, H, W)``; ``None``: read from ``model.input_shape`` if
+            the model has it, else required.
+        group_batch_size: largest number of masked images per backbone call.
+    """
+
+    family = "cnn"
+
+    def __init__(self, model: nn.Module, *, feature_layer: str, classifier: str | None = None,
+                 grid: tuple[int, int] | None = None, input_shape: tuple[int, int, int] | None = None,
+                 group_batch_size: int = 256):
+        modules = dict(model.named_modules())
+        if feature_layer not in modules:
+            raise ValueError(f"feature_layer {feature_layer!r} is not a module of the model; expected one of "
+                             f"{', '.join(n for n in modules if n)}")
+        if classifier is None:
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("the model has no nn.Linear layer to use as the classifier")
+            classifier = linears[-1]
+        if classifier not in modules or not isinstance(modules[classifier], nn.Linear):
+            raise ValueError(f"classifier {classifier!r} must name an nn.Linear of the model")
+        super().__init__(model, modules[classifier], group_batch_size)
+        if input_shape is None:
+            input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError("input_shape (channels, H, W) is required: the model has no .input_shape attribute")
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.feature_layer = feature_layer
+        self.classifier_name = classifier
+        # probe the feature map once to learn its size and depth
+        probe = _CNNCellEncoder(model, feature_layer, (1, 1))
+        with torch.no_grad():
+            dummy = torch.zeros(1, *self.input_shape, device=self.device)
+            probe.net.eval()
+            try:
+                probe.net(dummy)
+            except _StopForward:
+                pass
+        fmap = probe._out
+        del probe
+        if fmap is None or fmap.ndim != 4:
+            raise ValueError(f"feature_layer {feature_layer!r} must output (B, D, h, w), got {describe(fmap)}")
+        self.feature_shape = tuple(fmap.shape[1:])
+        self.cell_grid = tuple(int(v) for v in (grid or fmap.shape[-2:]))
+        self.encoder_dim = int(fmap.shape[1])
+
+    def num_cells(self, inputs: Any) -> int:
+        return self.cell_grid[0] * self.cell_grid[1]
+
+    def batch_size(self, inputs: Any) -> int:
+        return int(inputs.shape[0])
+
+    def validate(self, inputs: Any) -> None:
+        check_image_batch(inputs, self.input_shape[0], self.input_shape[1:])
+
+    def make_encoder(self) -> nn.Module:
+        enc = _CNNCellEncoder(self.model, self.feature_layer, self.cell_grid)
+        enc.train()
+        return enc
+
+    def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        B, G, _ = masks.shape
+        up = upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
+        x = inputs.unsqueeze(1) * up.unsqueeze(2).to(inputs.dtype)
+        return x.reshape(B * G, *inputs.shape[1:])
+
+    def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
+        return upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
+
+    def spec(self) -> dict[str, Any]:
+        cls = type(self.model)
+        init_kwargs = getattr(self.model, "init_kwargs", None)
+        return {
+            "family": self.family,
+            "factory": f"{cls.__module__}:{cls.__qualname__}",
+            "factory_kwargs": dict(init_kwargs) if init_kwargs is not None else {},
+            "feature_layer": self.feature_layer,
+            "classifier": self.classifier_name,
+            "grid": list(self.cell_grid),
+            "input_shape": list(self.input_shape),
+            "group_batch_size": self.group_batch_size,
+        }
+
+
+def build_cnn_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Instantiate ``module:QualName(**kwargs)``; only ``nn.Module`` subclasses are accepted."""
+    if ":" not in factory:
+        raise ValueError(f"factory must look like 'package.module:ClassName', got {factory!r}")
+    mod_name, qual = factory.split(":", 1)
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {mod_name!r} to rebuild the CNN backbone ({exc}); "
+                         "pass the model with backbone=... instead") from exc
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ValueError(f"{factory!r} names nothing importable; pass the model with backbone=... instead")
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ValueError(f"{factory!r} is not an nn.Module class; refusing to call it")
+    return obj(**kwargs)

@@ -1,0 +1,145 @@
+"""Adapter for Hugging Face ``ViTForImageClassification``: cells are patches."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BackboneAdapter, check_image_batch, upsample_nearest
+
+__all__ = ["ViTAdapter"]
+
+
+class _ViTCellEncoder(nn.Module):
+    """Trainable copy of the ViT's embeddings and encoder layers: pixels -> patch embeddings.
+
+    Returns the hidden states after ``len(layers)`` layers with the CLS token dropped:
+    ``(B, N, D)``. The SOP recipe takes the second-to-last hidden state, so the copy
+    keeps all layers but the last one (the last one would be computed for nothing).
+    """
+
+    def __init__(self, vit: nn.Module, num_layers: int):
+        super().__init__()
+        self.embeddings = copy.deepcopy(vit.embeddings)
+        self.layers = nn.ModuleList(copy.deepcopy(vit.layers[i]) for i in range(num_layers))
+        for p in self.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self.embeddings(pixel_values)
+        for layer in self.layers:
+            h = layer(h)
+        return h[:, 1:]
+
+
+class ViTAdapter(BackboneAdapter):
+    """A Hugging Face ViT classifier as an SOP backbone.
+
+    Cells are the ``(image_size / patch_size)²`` patches, in row-major order. A group
+    keeps its patches and zeroes the others' pixels (after normalisation), or, with
+    ``drop_patches=True``, removes the other patches from the token sequence
+    altogether (the CLS token and the kept patches' position embeddings stay).
+
+    The two paths agree wherever a patch's contribution is zero either way; they differ
+    because a zeroed patch is still a token that attends and is attended to (its
+    embedding is the patch projection's bias plus its position embedding), while a
+    dropped patch does not exist. Masking pixels is the default, as in the paper; patch
+    dropping costs about ``tau`` of a full pass.
+
+    Args:
+        model: a ``transformers.ViTForImageClassification``.
+        drop_patches: run groups by dropping patches instead of zeroing pixels.
+        generator_layer: which hidden state feeds the generator, counted from the end
+            (``-2``: the second-to-last, as the authors do).
+        group_batch_size: largest number of masked images per backbone call.
+    """
+
+    family = "vit"
+
+    def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
+                 group_batch_size: int = 256):
+        if not hasattr(model, "vit") or not hasattr(model, "classifier"):
+            raise TypeError(
+                "ViTAdapter expects a transformers ViTForImageClassification (with .vit and .classifier), "
+                f"got {type(model).__name__}"
+            )
+        super().__init__(model, model.classifier, group_batch_size)
+        cfg = model.config
+        size = cfg.image_size if isinstance(cfg.image_size, (tuple, list)) else (cfg.image_size, cfg.image_size)
+        patch = cfg.patch_size if isinstance(cfg.patch_size, (tuple, list)) else (cfg.patch_size, cfg.patch_size)
+        self.image_size = (int(size[0]), int(size[1]))
+        self.patch_size = (int(patch[0]), int(patch[1]))
+        self.channels = int(cfg.num_channels)
+        self.cell_grid = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+        self.drop_patches = bool(drop_patches)
+        n_layers = len(model.vit.layers)
+        if not (-n_layers <= generator_layer < 0):
+            raise ValueError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
+        self.generator_layer = int(generator_layer)
+        self.encoder_dim = int(cfg.hidden_size)
+
+    # cells
+    def num_cells(self, inputs: Any) -> int:
+        return self.cell_grid[0] * self.cell_grid[1]
+
+    def batch_size(self, inputs: Any) -> int:
+        return int(inputs.shape[0])
+
+    def validate(self, inputs: Any) -> None:
+        check_image_batch(inputs, self.channels, self.image_size)
+
+    # generator
+    def make_encoder(self) -> nn.Module:
+        n_layers = len(self.model.vit.layers)
+        # hidden_states[k] in HF numbering is the output of layer k (0 = embeddings)
+        keep = n_layers + 1 + self.generator_layer
+        return _ViTCellEncoder(self.model.vit, keep)
+
+    # backbone
+    def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        B, G, _ = masks.shape
+        up = upsample_nearest(masks, self.cell_grid, self.image_size)  # (B, G, H, W)
+        x = inputs.unsqueeze(1) * up.unsqueeze(2).to(inputs.dtype)  # (B, G, C, H, W)
+        return x.reshape(B * G, *inputs.shape[1:])
+
+    def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.drop_patches:
+            return super()._forward_masked(inputs, masks)
+        return self._forward_dropped(inputs, masks)
+
+    def _forward_dropped(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep only each group's patches (plus CLS). Every group of a batch must have the same size."""
+        vit = self.model.vit
+        B, G, N = masks.shape
+        counts = masks.sum(-1)
+        k = int(counts.max())
+        if not bool((counts == k).all()):
+            raise ValueError("patch dropping needs every group of a batch to hold the same number of cells")
+        emb = vit.embeddings(pixel_values)  # (B, 1+N, D), position embeddings added
+        cls, patches = emb[:, :1], emb[:, 1:]
+        # indices of kept cells in increasing order: (B, G, k)
+        order = torch.sort(masks.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :k]
+        order = torch.sort(order, dim=-1).values
+        D = emb.shape[-1]
+        kept = torch.gather(patches.unsqueeze(1).expand(B, G, N, D), 2, order.unsqueeze(-1).expand(B, G, k, D))
+        h = torch.cat([cls.unsqueeze(1).expand(B, G, 1, D), kept], dim=2).reshape(B * G, 1 + k, D)
+        for layer in vit.layers:
+            h = layer(h)
+        h = vit.layernorm(h)
+        z = h[:, 0]
+        return self.classifier(z), z
+
+    def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
+        return upsample_nearest(masks, self.cell_grid, self.image_size)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "model_class": type(self.model).__name__,
+            "hf_config": self.model.config.to_dict(),
+            "drop_patches": self.drop_patches,
+            "generator_layer": self.generator_layer,
+            "group_batch_size": self.group_batch_size,
+        }

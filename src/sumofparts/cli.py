@@ -1,0 +1,196 @@
+"""The ``sop`` command: ``sop run``, ``sop train``, ``sop tasks``, ``sop explain`` (and subcommands of other modules)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+#: modules that add subcommands with a ``register(subparsers)`` function
+_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli"]
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--backbone", default=None, help="which backbone of the task (e.g. vit | cnn for fashion)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache (default: $SOP_CACHE or "
+                                                                "~/.cache/sumofparts)")
+    p.add_argument("--steps", type=int, default=None, help="SOP training steps (default: the task's)")
+    p.add_argument("--set", dest="sop_set", nargs="*", metavar="KEY=VALUE",
+                   help="override SOP config fields, e.g. --set tau=0.2 num_groups=20")
+    p.add_argument("--train-set", dest="train_set", nargs="*", metavar="KEY=VALUE",
+                   help="override training fields, e.g. --train-set lr=1e-3 batch_size=32")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted SOP training in --out")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import available_tasks, get_task
+
+    for name in available_tasks():
+        print(f"{name:12s} {get_task(name).description}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_task
+
+    _threads(args.threads)
+    train_over = _overrides(args.train_set)
+    if args.steps is not None:
+        train_over["steps"] = args.steps
+    out = args.out or Path("sop-runs") / args.task
+    results = run_task(args.task, out, size=args.size, seed=args.seed, backbone=args.backbone,
+                       cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=_overrides(args.sop_set),
+                       resume=args.resume, progress=not args.no_progress,
+                       command="sop " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print()
+    print(results["table"])
+    print(f"\nresults: {out / 'results.md'} (and results.json); SOP checkpoint: {out / 'sop' / 'best'}")
+    for hook in results.get("after", []):
+        print(hook)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import build_sop
+    from .tasks import get_task
+    from .training import TrainConfig, train
+
+    _threads(args.threads)
+    task = get_task(args.task)
+    sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
+                          backbone=args.backbone, sop_overrides=_overrides(args.sop_set),
+                          progress=not args.no_progress)
+    over = _overrides(args.train_set)
+    if args.steps is not None:
+        over["steps"] = args.steps
+    cfg = TrainConfig.from_dict({**task.train_defaults, "seed": args.seed, **over})
+    out = args.out or Path("sop-runs") / args.task / "sop"
+    res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(f"best validation {res.metric} {res.best_score:.4f} at step {res.best_step}; checkpoint: {res.best_dir}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import SumOfParts
+    from .tasks import default_cache_dir, get_task
+
+    _threads(args.threads)
+    sop = SumOfParts.from_pretrained(args.checkpoint)
+    task = get_task(args.task)
+    data = task.load_data(args.cache_dir or default_cache_dir(), size=args.size, seed=args.seed,
+                          progress=not args.no_progress)
+    if not 0 <= args.index < len(data.test):
+        raise SystemExit(f"error: --index must be in [0, {len(data.test)}), got {args.index}")
+    x, y = data.test[args.index]
+    batch = {k: v.unsqueeze(0) for k, v in x.items()} if isinstance(x, dict) else x.unsqueeze(0)
+    target = args.target
+    if target is None and sop.config.task == "regression":
+        target = 0
+    expl = sop.explain(batch, target=target)
+    t = int(expl.target[0])
+    print(f"test item {args.index}: label {y.tolist()}, SOP output {expl.logits[0].tolist()}, "
+          f"explaining output {t} ({data.output_names[t]})")
+    print(f"{'group':>5} {'weight':>8} {'c':>7} {'logit':>8} {'share':>8} {'predicts':>12}  cells")
+    for g in expl.groups(0, target=t):
+        flag = "  (zero weight)" if g.zero_weight else ""
+        print(f"{g.index:5d} {g.weight:8.4f} {g.scale:7.3f} {g.logit:8.3f} {g.attribution:8.3f} "
+              f"{data.output_names[g.predicted]:>12}  {g.cells}{flag}")
+    print(f"sum of shares = {float(expl.group_attributions[0, :, t].sum()):.6f} = output "
+          f"{float(expl.logits[0, t]):.6f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sop", description="Sum-of-Parts models: faithful by construction.")
+    parser.add_argument("--version", action="version", version=f"sumofparts {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job: data, backbone, SOP training, evaluation, table")
+    p.add_argument("task", nargs="?", default="cosmology", help="task name (default: %(default)s; see `sop tasks`)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train an SOP model on a task (frozen backbone)")
+    p.add_argument("--task", default="cosmology", help="task name (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: sop-runs/TASK/sop)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("explain", help="list the groups of a trained SOP model for one test item")
+    p.add_argument("checkpoint", type=Path, help="an SOP checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--task", required=True, help="the task the model was trained on")
+    p.add_argument("--index", type=int, default=0, help="test item (default: %(default)s)")
+    p.add_argument("--target", type=int, default=None, help="output to explain (default: the predicted class)")
+    p.add_argument("--size", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("tasks", help="list the tasks")
+    p.set_defaults(func=_cmd_tasks)
+
+    for mod in _PLUGINS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

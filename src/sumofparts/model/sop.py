@@ -1,0 +1,197 @@
+"""The Sum-of-Parts model: f(x) = Σ_i w_i(x) · c_i(x) · h(g_i(x) ⊙ x)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import ADAPTERS, BackboneAdapter, adapter_from_spec
+from ..io import atomic_directory, atomic_write_json, load_tensors, read_json, save_tensors
+from .config import SOPConfig
+from .generator import GroupGenerator, binarise_top_tau, sample_candidates
+from .output import GroupedExplanation, SOPOutput
+from .selector import GroupSelector
+
+__all__ = ["SumOfParts", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class SumOfParts(nn.Module):
+    """A self-attributing model built around a frozen backbone.
+
+    ``f(x) = Σ_i w_i(x) · c_i(x) · h(g_i(x) ⊙ x)``: the group generator proposes G binary
+    groups of cells g_i with scales c_i, the frozen backbone h predicts from each group
+    alone, and the group selector weighs those predictions with sparse weights w_i. The
+    prediction *is* the weighted sum of the group predictions, so the groups and
+    weights are an exact explanation.
+
+    Build one with :meth:`from_backbone`; load a trained one with :meth:`from_pretrained`.
+
+    >>> sop = SumOfParts.from_backbone(vit, adapter="vit", num_groups=20, tau=0.2)
+    >>> out = sop(images)                      # SOPOutput: logits, group_logits, group_weights, masks, ...
+    >>> expl = sop.explain(images, target=3)   # + per-pixel attributions for class 3
+    """
+
+    def __init__(self, adapter: BackboneAdapter, config: SOPConfig | None = None):
+        super().__init__()
+        if not isinstance(adapter, BackboneAdapter):
+            raise TypeError(f"expected a BackboneAdapter, got {type(adapter).__name__}")
+        config = config or SOPConfig()
+        config = config.replace(backbone=adapter.spec())
+        self.config = config
+        self.backbone = adapter
+        if adapter.cell_grid is not None:
+            n = adapter.cell_grid[0] * adapter.cell_grid[1]
+            if int(config.tau * n + 1e-9) < 1:
+                raise ValueError(f"tau={config.tau} keeps floor(tau*N) = 0 of the N={n} cells; "
+                                 f"expected tau >= {1 / n:.4g}")
+            per_head = n if config.sequential_heads else config.num_heads * n
+            if config.num_groups > per_head:
+                raise ValueError(
+                    f"num_groups={config.num_groups} is more than the {per_head} candidate groups "
+                    f"({'one head' if config.sequential_heads else f'{config.num_heads} heads'} x {n} cells)")
+        self.generator = GroupGenerator(
+            adapter.make_encoder(), dim=adapter.encoder_dim, num_heads=config.num_heads,
+            attn_dim=config.generator_dim or adapter.encoder_dim, scale=config.generator_scale,
+            grid=adapter.cell_grid, blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma)
+        self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, model: nn.Module, adapter: str | BackboneAdapter = "vit", **kwargs: Any) -> "SumOfParts":
+        """Wrap ``model``. ``adapter``: ``"vit"``, ``"cnn"``, ``"bert"`` or an adapter instance.
+
+        Keyword arguments that are :class:`SOPConfig` fields configure the model; the
+        rest go to the adapter (e.g. ``feature_layer=``, ``grid=`` for a CNN).
+        """
+        fields = {f.name for f in dataclasses.fields(SOPConfig)}
+        config = SOPConfig(**{k: v for k, v in kwargs.items() if k in fields})
+        adapter_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
+        if isinstance(adapter, str):
+            if adapter not in ADAPTERS:
+                raise ValueError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)} "
+                                 "or a BackboneAdapter instance")
+            adapter = ADAPTERS[adapter](model, **adapter_kwargs)
+        elif adapter_kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(adapter_kwargs)}")
+        return cls(adapter, config)
+
+    # -- the model ----------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return self.backbone.num_outputs
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The generator's encoder copy and projections, the selector's projections and queries."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+
+    def forward(self, inputs: Any, *, head: int | None = None, validate: bool = True) -> SOPOutput:
+        """Groups, group predictions, weights and the final prediction for a batch.
+
+        ``head``: use only this generator head's candidates (sequential head training);
+        ``None`` (evaluation): all heads.
+        """
+        cfg = self.config
+        if validate:
+            self.backbone.validate(inputs)
+        if head is not None and not 0 <= head < cfg.num_heads:
+            raise ValueError(f"head must be in [0, {cfg.num_heads}), got {head}")
+        valid = self.backbone.valid_cells(inputs)  # (B, N)
+        attn = self.generator(inputs, valid, None if head is None else [head])  # (B, K', N, N)
+        if self.backbone.cell_grid is not None:
+            candidates = attn.shape[1] * attn.shape[2]
+            if cfg.num_groups > candidates:
+                raise ValueError(f"num_groups={cfg.num_groups} is more than the {candidates} candidate groups")
+        probs = sample_candidates(attn, valid, cfg.num_groups)  # (B, G, N)
+        masks, scale = binarise_top_tau(probs, valid, cfg.tau)
+        # the masks carry no gradient and the backbone is frozen: no graph through it
+        with torch.no_grad():
+            group_logits, z = self.backbone.forward_groups(inputs, masks)
+        weights = self.selector(z)  # (B, G, C)
+        logits = (weights * scale.unsqueeze(-1) * group_logits).sum(1)
+        out = SOPOutput(logits=logits, group_logits=group_logits, group_weights=weights, masks=masks,
+                        input_masks=self.backbone.masks_to_input(masks, inputs), scale=scale)
+        out._regression = cfg.task == "regression"
+        return out
+
+    @torch.no_grad()
+    def explain(self, inputs: Any, target: int | Sequence[int] | torch.Tensor | None = None) -> GroupedExplanation:
+        """Explain a batch: the SOP output plus the attribution map for ``target``.
+
+        ``target``: the class (or regression output) to explain, one for all inputs or
+        one per input; ``None``: the predicted class (classification only).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(inputs)
+        finally:
+            self.train(was_training)
+        t = out._targets(target)
+        expl = GroupedExplanation(**{f.name: getattr(out, f.name) for f in dataclasses.fields(SOPOutput)},
+                                  target=t, attributions=None)
+        expl._regression = out._regression
+        expl.attributions = expl.attribution_map(t)
+        return expl
+
+    @torch.no_grad()
+    def backbone_predict(self, inputs: Any) -> torch.Tensor:
+        """The frozen backbone's own output on the whole input ``(B, C)``."""
+        self.backbone.validate(inputs)
+        return self.backbone(inputs)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically."""
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
+            save_tensors(tmp / WEIGHTS_NAME, self.state_dict(), metadata={"format": "sumofparts"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, backbone: nn.Module | None = None,
+                        device: str | torch.device = "cpu") -> "SumOfParts":
+        """Load a model written by :meth:`save_pretrained`.
+
+        ``backbone``: the backbone module to fill with the saved weights; ``None`` rebuilds
+        it from the saved spec (Hugging Face config, or the CNN's class).
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"expected a checkpoint directory at {directory}, found nothing there")
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint directory {directory} is missing {', '.join(missing)} "
+                                    f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        config = SOPConfig.from_dict(read_json(directory / CONFIG_NAME))
+        if not config.backbone:
+            raise ValueError(f"{directory / CONFIG_NAME} has no 'backbone' spec; cannot rebuild the adapter")
+        adapter = adapter_from_spec(config.backbone, model=backbone)
+        model = cls(adapter, config)
+        model.load_weights(directory / WEIGHTS_NAME)
+        return model.to(device)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a ``model.safetensors`` into this model, checking names and shapes first."""
+        tensors = load_tensors(path)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        if problems:
+            raise ValueError(f"{path} does not fit this model: " + "; ".join(problems))
+        self.load_state_dict(tensors, strict=True)

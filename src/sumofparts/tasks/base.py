@@ -1,0 +1,111 @@
+"""What a task is: data splits, ground truth, a backbone recipe and SOP defaults.
+
+A task bundles everything ``sop run TASK`` needs. Each task module registers a
+``Task`` subclass with :func:`register_task`; the CLI and the evaluation look
+tasks up by name with :func:`get_task`.
+
+Dataset items are ``(inputs, target)`` pairs:
+
+* images: ``inputs`` is a float32 tensor ``(C, H, W)``, already normalised;
+* text: ``inputs`` is a dict ``{"input_ids": (L,) int64, "attention_mask": (L,) int64}``
+  padded to the task's fixed length;
+* classification: ``target`` is an int64 scalar tensor (class index);
+* regression: ``target`` is a float32 tensor ``(T,)`` (one value per output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["TaskData", "Task", "register_task", "get_task", "available_tasks", "default_cache_dir"]
+
+
+@dataclass
+class TaskData:
+    """The splits of a task and what is known about them.
+
+    Attributes:
+        name: task name (``"cosmology"``, ``"fashion"``, ...).
+        kind: ``"classification"`` or ``"regression"``.
+        train, val, test: datasets of ``(inputs, target)`` items (see module docs).
+        output_names: class names (classification) or target names (regression), length C.
+        test_foreground: ``(n_test, H, W)`` bool ground-truth foreground of the test
+            items at input resolution, or ``None`` when the task has none.
+        meta: anything else worth recording (sizes, seeds, normalisation, hashes).
+    """
+
+    name: str
+    kind: Literal["classification", "regression"]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    output_names: list[str]
+    test_foreground: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_names)
+
+
+class Task:
+    """Base class of a task. Subclasses set ``name`` and implement the methods."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "classification"
+    description: ClassVar[str] = ""
+    #: SOP model defaults for this task (fields of ``SOPConfig``).
+    sop_defaults: ClassVar[dict[str, Any]] = {}
+    #: training defaults for this task (fields of ``TrainConfig``).
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
+                  progress: bool = True) -> TaskData:
+        raise NotImplementedError
+
+    def load_backbone(self, data: TaskData, cache_dir: Path, *, backbone: str | None = None,
+                      train_if_missing: bool = True, progress: bool = True) -> nn.Module:
+        """Return the trained, frozen backbone (eval mode)."""
+        raise NotImplementedError
+
+    def make_adapter(self, model: nn.Module):
+        """Wrap the backbone in its :class:`~sumofparts.backbones.BackboneAdapter`."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(cls):
+    """Class decorator: make a task available to ``get_task`` / the CLI."""
+    if not cls.name:
+        raise ValueError(f"task class {cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_tasks() -> list[str]:
+    from . import _load_builtin_tasks  # noqa: F401  (populates the registry)
+
+    _load_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    names = available_tasks()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}: expected one of {', '.join(names)}")
+    return _REGISTRY[name]()
+
+
+def default_cache_dir() -> Path:
+    """Where generated data and trained backbones are cached (``$SOP_CACHE`` or ~/.cache/sumofparts)."""
+    import os
+
+    root = os.environ.get("SOP_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "sumofparts"

@@ -1,0 +1,112 @@
+"""Bad input gets an error that names what was expected and what came."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
+
+from sumofparts import SOPConfig, SumOfParts
+
+
+@pytest.fixture
+def sop():
+    return SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_groups=4, tau=0.25)
+
+
+def test_wrong_shape_names_expected_and_received(sop):
+    with pytest.raises(ValueError, match=r"expected an image batch of shape \(B, 1, 16, 16\), got tensor of shape "
+                                         r"\(1, 16, 16\).*unsqueeze"):
+        sop(torch.randn(1, 16, 16))
+    with pytest.raises(ValueError, match=r"\(2, 3, 16, 16\)"):
+        sop(torch.randn(2, 3, 16, 16))
+
+
+def test_wrong_dtype(sop):
+    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+        sop(torch.zeros(1, 1, 16, 16, dtype=torch.long))
+
+
+def test_nan_and_inf_inputs(sop):
+    x = torch.randn(2, 1, 16, 16)
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 0, 3, 3] = float("inf")
+    with pytest.raises(ValueError, match="2 NaN or infinite values"):
+        sop(x)
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5, float("nan")])
+def test_tau_outside_unit_interval(tau):
+    with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
+        SOPConfig(tau=tau)
+
+
+def test_tau_too_small_for_the_grid():
+    with pytest.raises(ValueError, match="floor\\(tau\\*N\\) = 0"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_groups=2, tau=0.05)
+
+
+def test_more_groups_than_candidates():
+    with pytest.raises(ValueError, match="num_groups=17 is more than the 16 candidate groups"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_groups=17)
+
+
+def test_target_outside_the_classes(sop):
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"target must be in \[0, 3\), got \[5, 5\]"):
+        sop.explain(x, target=5)
+    with pytest.raises(ValueError, match="sequence of 2 ints"):
+        sop.explain(x, target=[0, 1, 2])
+
+
+def test_text_inputs_are_checked():
+    sop = SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=3, tau=0.3)
+    with pytest.raises(TypeError, match="expected a dict with 'input_ids'"):
+        sop(torch.zeros(2, 5, dtype=torch.long))
+    bad = text_batch()
+    bad["input_ids"] = bad["input_ids"].float()
+    with pytest.raises(ValueError, match="int64 tensor of shape \\(B, L\\)"):
+        sop(bad)
+    bad = text_batch()
+    bad["input_ids"][0, 1] = 500
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 128\)"):
+        sop(bad)
+    bad = text_batch()
+    bad["attention_mask"] = bad["attention_mask"][:, :4]
+    with pytest.raises(ValueError, match="attention_mask of shape"):
+        sop(bad)
+
+
+def test_unknown_adapter_and_stray_arguments():
+    with pytest.raises(ValueError, match="unknown adapter 'resnet'"):
+        SumOfParts.from_backbone(tiny_cnn(), adapter="resnet")
+    with pytest.raises(ValueError, match="feature_layer 'nope' is not a module"):
+        SumOfParts.from_backbone(tiny_cnn(), adapter="cnn", feature_layer="nope")
+    with pytest.raises(TypeError, match="ViTForImageClassification"):
+        SumOfParts.from_backbone(tiny_cnn(), adapter="vit")
+
+
+def test_checkpoint_missing_files(tmp_path, sop):
+    with pytest.raises(FileNotFoundError, match="expected a checkpoint directory"):
+        SumOfParts.from_pretrained(tmp_path / "nothing")
+    sop.save_pretrained(tmp_path / "ck")
+    (tmp_path / "ck" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        SumOfParts.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_with_mismatched_shapes(tmp_path, sop):
+    sop.save_pretrained(tmp_path / "ck")
+    other = SumOfParts.from_backbone(tiny_vit(num_labels=5), adapter="vit", num_groups=4, tau=0.25)
+    with pytest.raises(ValueError, match="does not fit this model.*shape mismatches"):
+        other.load_weights(tmp_path / "ck" / "model.safetensors")
+
+
+def test_checkpoint_config_with_unknown_keys(tmp_path, sop):
+    sop.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["groups"] = 3
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown SOPConfig keys \\['groups'\\]"):
+        SumOfParts.from_pretrained(tmp_path / "ck")

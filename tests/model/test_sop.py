@@ -1,0 +1,167 @@
+"""The SOP invariants (SPEC §2) on the three backbone families, and the output helpers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
+
+from sumofparts import SOPConfig, SumOfParts
+
+
+def make(family: str, **kw):
+    if family == "vit":
+        return SumOfParts.from_backbone(tiny_vit(), adapter="vit", **{"num_groups": 6, "tau": 0.2, **kw}), \
+            torch.randn(3, 1, 16, 16)
+    if family == "cnn":
+        return SumOfParts.from_backbone(tiny_cnn(), adapter="cnn", feature_layer="pool2", classifier="head",
+                                        grid=(4, 4), **{"num_groups": 5, "tau": 0.25, **kw}), torch.randn(3, 1, 16, 16)
+    return SumOfParts.from_backbone(tiny_bert(), adapter="bert", **{"num_groups": 4, "tau": 0.3, **kw}), text_batch()
+
+
+FAMILIES = ["vit", "cnn", "bert"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prediction_is_the_weighted_sum_of_group_predictions(family):
+    sop, x = make(family, generator_scale=0.5, selector_scale=1.0)
+    out = sop(x)
+    manual = torch.einsum("bgc,bg,bgc->bc", out.group_weights, out.scale, out.group_logits)
+    assert torch.allclose(out.logits, manual, atol=1e-5)
+    assert torch.allclose(out.logits, out.group_attributions.sum(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weights_are_sparse_distributions_over_groups(family):
+    sop, x = make(family, selector_scale=5.0, generator_scale=0.5)
+    w = sop(x).group_weights
+    assert (w >= 0).all()
+    assert torch.allclose(w.sum(1), torch.ones_like(w.sum(1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vit", "cnn"])
+def test_every_image_group_has_exactly_floor_tau_n_cells(family):
+    sop, x = make(family)
+    out = sop(x)
+    n = out.masks.shape[-1]
+    assert (out.masks.sum(-1) == math.floor(sop.config.tau * n)).all()
+    H, W = x.shape[-2:]
+    assert out.input_masks.shape == (3, sop.config.num_groups, H, W)
+
+
+def test_text_groups_never_hold_special_tokens_or_padding():
+    sop, x = make("bert")
+    out = sop(x)
+    valid = sop.backbone.valid_cells(x)
+    assert not (out.masks & ~valid[:, None, :]).any()
+    n_valid = valid.sum(-1)
+    expected = torch.clamp(torch.floor(sop.config.tau * n_valid.double()).long(), min=1)
+    assert (out.masks.sum(-1) == expected[:, None]).all()
+    # CLS (101), SEP (102) and PAD (0) are never valid
+    ids = x["input_ids"]
+    assert not valid[(ids == 101) | (ids == 102) | (x["attention_mask"] == 0)].any()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_group_logits_do_not_depend_on_the_input_outside_the_group(family):
+    sop, x = make(family)
+    out = sop(x)
+    if family == "bert":
+        noisy = dict(x)
+        ids = x["input_ids"].clone()
+        valid = sop.backbone.valid_cells(x)
+        g0 = out.masks[:, 0]
+        change = valid & ~g0  # outside group 0 only
+        ids[change] = (ids[change] + 7) % 90 + 5
+        noisy["input_ids"] = ids
+        masks = out.masks[:, :1]
+    else:
+        outside = ~out.input_masks[:, 0].unsqueeze(1)  # (B, 1, H, W)
+        noisy = x + 5.0 * torch.randn_like(x) * outside
+        masks = out.masks[:, :1]
+    y0, _ = sop.backbone.forward_groups(x, masks)
+    y1, _ = sop.backbone.forward_groups(noisy, masks)
+    assert torch.allclose(y0, y1, atol=1e-5)
+
+
+def test_patch_dropping_equals_masking_with_zeroed_patches_excluded_from_attention():
+    model = tiny_vit()
+    sop = SumOfParts.from_backbone(model, adapter="vit", num_groups=4, tau=0.25, drop_patches=True)
+    x = torch.randn(2, 1, 16, 16)
+    out = sop(x)
+    B, G, N = out.masks.shape
+    masked = sop.backbone.mask_inputs(x, out.masks)
+    keys = torch.cat([torch.ones(B * G, 1), out.masks.reshape(B * G, N).float()], 1)
+    ref = model(pixel_values=masked, attention_mask=keys).logits.reshape(B, G, -1)
+    assert torch.allclose(out.group_logits, ref, atol=1e-5)
+    # with every patch kept the two paths are the same computation
+    full = torch.ones(B, 1, N, dtype=torch.bool)
+    sop.backbone.drop_patches = True
+    dropped, _ = sop.backbone.forward_groups(x, full)
+    sop.backbone.drop_patches = False
+    zeroed, _ = sop.backbone.forward_groups(x, full)
+    assert torch.allclose(dropped, zeroed, atol=1e-5)
+
+
+def test_groups_are_chunked_by_the_memory_budget_with_identical_results():
+    sop, x = make("vit")
+    out = sop(x)
+    sop.backbone.group_batch_size = 1
+    y_small, _ = sop.backbone.forward_groups(x, out.masks)
+    assert torch.allclose(y_small, out.group_logits, atol=1e-5)
+
+
+def test_scale_is_twice_the_top_mass_minus_one_and_carries_the_gradient():
+    sop, x = make("vit", generator_scale=0.5)
+    sop.train()
+    out = sop(x, head=0)
+    out.logits.sum().backward()
+    gen_grads = [p.grad for p in sop.generator.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in gen_grads)
+    assert all(p.grad is None for p in sop.backbone.parameters())
+    assert (out.scale <= 1 + 1e-6).all() and (out.scale >= -1 - 1e-6).all()
+
+
+def test_blurred_generator_runs_and_keeps_the_invariants():
+    sop, x = make("vit", blur_kernel=3, blur_sigma=1.0)
+    out = sop(x)
+    assert torch.allclose(out.logits, out.group_attributions.sum(1), atol=1e-5)
+
+
+def test_groups_are_listed_best_first_with_zero_weights_flagged():
+    sop, x = make("vit", selector_scale=50.0, generator_scale=2.0)
+    out = sop(x)
+    groups = out.groups(0)
+    weights = [g.weight for g in groups]
+    assert weights == sorted(weights, reverse=True)
+    assert all(g.zero_weight == (g.weight == 0.0) for g in groups)
+    assert any(g.zero_weight for g in groups)  # a large selector scale makes sparsemax sparse
+    assert all(len(g.cells) == math.floor(0.2 * 16) for g in groups)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_map_sums_group_shares_over_their_cells(family):
+    sop, x = make(family)
+    expl = sop.explain(x, target=1)
+    attr = expl.group_attributions[:, :, 1]
+    manual = (attr.view(*attr.shape, *([1] * (expl.input_masks.ndim - 2))) * expl.input_masks).sum(1)
+    assert torch.allclose(expl.attributions, manual, atol=1e-6)
+    assert expl.attributions.shape == (x["input_ids"].shape if family == "bert" else (3, 16, 16))
+
+
+def test_sequential_heads_use_one_head_and_evaluation_all():
+    sop, x = make("vit", num_heads=3, num_groups=6)
+    valid = sop.backbone.valid_cells(x)
+    attn_all = sop.generator(x, valid)
+    assert attn_all.shape[1] == 3
+    assert sop.generator(x, valid, [1]).shape[1] == 1
+    with pytest.raises(ValueError, match="head must be in"):
+        sop(x, head=3)
+
+
+def test_config_round_trips_and_rejects_unknown_keys():
+    cfg = SOPConfig(num_groups=7, tau=0.3)
+    assert SOPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown SOPConfig keys \\['tua'\\]"):
+        SOPConfig.from_dict({"tua": 0.2})
