@@ -195,6 +195,34 @@ class BackboneAdapter(nn.Module):
         """Cell masks ``(B, G, N)`` at input resolution: ``(B, G, H, W)`` for images, unchanged for tokens."""
         return masks
 
+    def cell_index_map(self, inputs: Inputs) -> torch.Tensor:
+        """Which cell each input feature belongs to, shaped like one input's features.
+
+        Images: ``(C, H, W)`` long (the same cell id for every channel of a pixel);
+        tokens: ``(L,)`` long (``arange(L)``). Captum's ``feature_mask`` takes it as is
+        (after adding a batch dimension).
+        """
+        if self.cell_grid is None:
+            return torch.arange(self.num_cells(inputs), device=self.device)
+        N = self.cell_grid[0] * self.cell_grid[1]
+        eye = torch.eye(N, dtype=torch.bool, device=self.device).unsqueeze(0)  # (1, N, N)
+        up = self.masks_to_input(eye, inputs)[0]  # (N, H, W)
+        ids = up.float().argmax(0)  # (H, W)
+        channels = inputs.shape[1] if isinstance(inputs, torch.Tensor) else 1
+        return ids.unsqueeze(0).expand(channels, *ids.shape).contiguous()
+
+    def pool_to_cells(self, attributions: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+        """Sum feature attributions inside each cell: ``(B, *feature_shape)`` -> ``(B, N)``."""
+        ids = self.cell_index_map(inputs)
+        B = attributions.shape[0]
+        if tuple(attributions.shape[1:]) != tuple(ids.shape):
+            raise ValueError(f"expected attributions of shape (B, {', '.join(map(str, ids.shape))}), "
+                             f"got {tuple(attributions.shape)}")
+        N = self.num_cells(inputs)
+        flat = attributions.reshape(B, -1).to(torch.float32)
+        out = torch.zeros(B, N, dtype=flat.dtype, device=flat.device)
+        return out.scatter_add_(1, ids.reshape(1, -1).expand(B, -1).to(flat.device), flat)
+
     # -- (de)serialisation -----------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
         """A JSON description from which :func:`sumofparts.backbones.adapter_from_spec` rebuilds it."""
