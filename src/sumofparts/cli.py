@@ -85,6 +85,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     _threads(args.threads)
+    device = "cpu"
+    if args.distributed:
+        device = _init_distributed()
+    elif args.device:
+        device = args.device
     task = get_task(args.task)
     sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
                           backbone=args.backbone, sop_overrides=_overrides(args.sop_set),
@@ -94,9 +99,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         over["steps"] = args.steps
     cfg = TrainConfig.from_dict({**task.train_defaults, "seed": args.seed, **over})
     out = args.out or Path("sop-runs") / args.task / "sop"
-    res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress)
+    res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress,
+                device=device)
+    if args.distributed:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank:
+            return 0
     print(f"best validation {res.metric} {res.best_score:.4f} at step {res.best_step}; checkpoint: {res.best_dir}")
     return 0
+
+
+def _init_distributed() -> str:
+    """Join the process group that ``torchrun`` describes in the environment; returns the device."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError("--distributed expects to be started by torchrun (RANK and WORLD_SIZE are not set): "
+                         "torchrun --nproc_per_node N -m sumofparts.cli train --distributed ...")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return f"cuda:{local}"
+    dist.init_process_group("gloo")
+    return "cpu"
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -147,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an SOP model on a task (frozen backbone)")
     p.add_argument("--task", default="cosmology", help="task name (default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: sop-runs/TASK/sop)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under torchrun (DDP; gloo on CPU, nccl on GPU)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu)")
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 

@@ -209,7 +209,8 @@ def _save_checkpoint(directory: Path, sop: SumOfParts, opt: torch.optim.Optimize
 
 def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: TrainConfig | None = None,
           out_dir: str | Path = "sop-run", *, resume: bool = False, progress: bool = True,
-          device: str | torch.device = "cpu", on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          device: str | torch.device = "cpu", on_step: Callable[[int, float], None] | None = None,
+          amp: bool | None = None) -> TrainResult:
     """Train ``sop`` (generator + selector; the backbone stays frozen) and keep the best checkpoint.
 
     Args:
@@ -220,6 +221,13 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
         resume: continue from ``out_dir/last`` (raises if there is none).
         progress: show a progress bar with the loss and the validation score.
         on_step: called with ``(step, loss)`` after each step (for tests and callbacks).
+        amp: mixed precision (bfloat16 autocast); ``None``: on for CUDA devices, off on CPU.
+
+    Distributed: when ``torch.distributed`` is initialised (e.g. under ``torchrun``), the
+    model is wrapped in ``DistributedDataParallel`` and each of the W processes takes a
+    1/W slice of every global batch of ``batch_size`` inputs (the same global batches as
+    a single process with the same seed, so the runs agree up to floating-point
+    reduction order). Only rank 0 writes checkpoints.
 
     Returns:
         :class:`TrainResult` with the best step and score; the best model is loaded into ``sop``.
@@ -229,6 +237,14 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     device = torch.device(device)
     task = sop.config.task
     metric, better = ("mse", lambda a, b: a < b) if task == "regression" else ("accuracy", lambda a, b: a > b)
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    is_main = rank == 0
+    progress = progress and is_main
+    use_amp = (device.type == "cuda") if amp is None else bool(amp)
     sop.to(device)
     params = sop.trainable_parameters()
     if not params:
@@ -273,11 +289,23 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
         history.append({"step": step, "val_" + metric: score, "val_loss": scores["loss"]})
         if best_score is None or better(score, best_score):
             best_score, best_step = score, step
-            sop.save_pretrained(best_dir)
+            if is_main:
+                sop.save_pretrained(best_dir)
         return score
+
+    def checkpoint(step: int) -> None:
+        if is_main:
+            _save_checkpoint(last_dir, sop, opt, state(step))
+        if distributed:
+            dist.barrier()
 
     t0 = time.time()
     sop.train()
+    net: nn.Module = sop
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(
+            sop, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    local = slice(rank * (cfg.batch_size // world), (rank + 1) * (cfg.batch_size // world))
     K = sop.config.num_heads
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train SOP", disable=not progress, dynamic_ncols=True)
     step = start_step
@@ -287,10 +315,13 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     try:
         while step < cfg.steps:
             _, (x, y) = next(batches)
+            if distributed:
+                x, y = sop.backbone.select(x, local), y[local]
             x, y = _to(x, device), _to(y, device)
             head = min(K - 1, step * K // cfg.steps) if sop.config.sequential_heads else None
-            out = sop(x, head=head, validate=step == start_step)
-            loss = _task_loss(out.logits, y, task)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = net(x, head=head, validate=step == start_step)
+                loss = _task_loss(out.logits.float(), y, task)
             if cfg.distill_weight > 0:
                 with torch.no_grad():
                     ref = sop.backbone(x)
@@ -317,22 +348,27 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
                 history.append({"step": step, "train_loss": running, "lr": sched.get_last_lr()[0]})
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_val = validate(step)
-                _save_checkpoint(last_dir, sop, opt, state(step))
+                checkpoint(step)
             elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _save_checkpoint(last_dir, sop, opt, state(step))
+                checkpoint(step)
             post = {"loss": f"{running:.4f}"}
             if last_val is not None:
                 post[f"val_{metric}"] = f"{last_val:.4f}"
             bar.set_postfix(post)
             bar.update(1)
     except KeyboardInterrupt:
-        _save_checkpoint(last_dir, sop, opt, state(step))
+        if is_main:
+            _save_checkpoint(last_dir, sop, opt, state(step))
         bar.close()
         raise
     bar.close()
-    atomic_write_json(out_dir / "history.json", {"metric": metric, "best_step": best_step,
-                                                 "best_score": best_score, "history": history,
-                                                 "train_config": dataclasses.asdict(cfg)})
+    if is_main:
+        atomic_write_json(out_dir / "history.json", {"metric": metric, "best_step": best_step,
+                                                     "best_score": best_score, "history": history,
+                                                     "train_config": dataclasses.asdict(cfg),
+                                                     "world_size": world})
+    if distributed:
+        dist.barrier()
     if backbone_before is not None:
         after = sop.backbone.model.state_dict()
         changed = [k for k, v in backbone_before.items() if not torch.equal(v, after[k])]

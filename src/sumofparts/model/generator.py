@@ -32,7 +32,8 @@ class GroupGenerator(nn.Module):
         self.attn_dim = int(attn_dim)
         self.scale = float(scale)
         self.query = nn.Linear(dim, num_heads * attn_dim)
-        self.key = nn.Linear(dim, num_heads * attn_dim)
+        # no key bias: it adds a constant to each query row, to which the softmax is blind
+        self.key = nn.Linear(dim, num_heads * attn_dim, bias=False)
         self.grid = grid
         self.blur_kernel = int(blur_kernel)
         if self.blur_kernel:
