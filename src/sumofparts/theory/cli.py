@@ -1,0 +1,111 @@
+"""``sop theory``: the exact insertion/deletion-error table of the binomial, printed and written.
+
+The main CLI calls :func:`register` on its subparsers; ``python -m sumofparts.theory.cli`` runs the
+same command stand-alone.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Sequence
+
+__all__ = ["register", "main_theory", "build_parser", "main"]
+
+
+def _methods_arg(text: str) -> list[str]:
+    from .methods import METHOD_NAMES
+
+    if text.strip().lower() in ("all", ""):
+        return list(METHOD_NAMES)
+    if text.strip().lower() == "none":
+        return []
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in METHOD_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown methods {bad}; expected a comma-separated list among {', '.join(METHOD_NAMES)} (or 'all', 'none')"
+        )
+    return names
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--d-max", type=int, default=12, help="largest d (multiples of 3 from 3 up to it; max 20). Default 12")
+    p.add_argument("--out", default="./sop-theory", help="output directory (default ./sop-theory)")
+    p.add_argument(
+        "--methods",
+        type=_methods_arg,
+        default=None,
+        help="comma-separated post-hoc methods (default all): lime, kernel_shap, shapley_sampling, "
+        "integrated_gradients, gradient_x_input, saliency, feature_ablation, deeplift, shapley_exact; or 'none'",
+    )
+    p.add_argument("--lp-d-max", type=int, default=15, help="solve the LPs only up to this d (default 15)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling methods (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``theory`` subcommand to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "theory",
+        help="exact insertion/deletion errors on the binomial: LP optimum, dual bound, methods, groups",
+        description="Total insertion and deletion errors over all 2^d subsets for the binomial "
+        "p = prod(S1∪S2) + prod(S2∪S3): the LP optimum over feature attributions, its dual bound, "
+        "the post-hoc methods' errors and the grouped attribution's error.",
+    )
+    _add_arguments(p)
+    p.set_defaults(func=main_theory)
+    return p
+
+
+def main_theory(args: argparse.Namespace) -> int:
+    """Run the table, print it, write CSV / Markdown / JSON / PNG / SVG into ``args.out``."""
+    import torch
+
+    from .methods import METHOD_NAMES
+    from .report import default_meta, format_markdown, theory_rows, write_report
+
+    torch.set_num_threads(1)
+    methods = list(METHOD_NAMES) if args.methods is None else list(args.methods)
+    try:
+        rows = theory_rows(
+            args.d_max,
+            methods=methods,
+            lp_d_max=args.lp_d_max,
+            seed=args.seed,
+            progress=not getattr(args, "no_progress", False),
+        )
+    except ValueError as exc:
+        print(f"sop theory: error: {exc}", file=sys.stderr)
+        return 2
+    cmd = f"sop theory --d-max {args.d_max}"
+    if args.methods is not None:
+        cmd += f" --methods {','.join(methods) or 'none'}"
+    if args.lp_d_max != 15:
+        cmd += f" --lp-d-max {args.lp_d_max}"
+    if args.seed != 0:
+        cmd += f" --seed {args.seed}"
+    meta = default_meta(args.d_max, methods, args.seed, None, cmd)
+    paths = write_report(rows, args.out, meta)
+    print(format_markdown(rows, meta))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sop")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m sumofparts.theory.cli theory --d-max 12``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        argv = ["theory", *argv]
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
