@@ -8,11 +8,13 @@ from torch import nn
 from .base import BackboneAdapter
 from .bert import BertAdapter
 from .cnn import CNNAdapter, build_cnn_from_factory
+from .tabular import IdentityHead, TabularAdapter
 from .vit import ViTAdapter
 
-__all__ = ["BackboneAdapter", "BertAdapter", "CNNAdapter", "ViTAdapter", "adapter_from_spec", "ADAPTERS"]
+__all__ = ["BackboneAdapter", "BertAdapter", "CNNAdapter", "ViTAdapter", "TabularAdapter", "IdentityHead", "adapter_from_spec", "ADAPTERS"]
 
-ADAPTERS: dict[str, type[BackboneAdapter]] = {"vit": ViTAdapter, "cnn": CNNAdapter, "bert": BertAdapter}
+ADAPTERS: dict[str, type[BackboneAdapter]] = {"vit": ViTAdapter, "cnn": CNNAdapter, "bert": BertAdapter,
+                                              "tabular": TabularAdapter}
 
 
 def _build_hf(spec: dict[str, Any]) -> nn.Module:
@@ -45,6 +47,11 @@ def adapter_from_spec(spec: dict[str, Any], model: nn.Module | None = None) -> B
         return CNNAdapter(model, feature_layer=spec["feature_layer"], classifier=spec["classifier"],
                           grid=tuple(spec["grid"]), input_shape=tuple(spec["input_shape"]),
                           group_batch_size=spec.get("group_batch_size", 256))
+    if family == "tabular":
+        if model is None:
+            raise ValueError("a tabular backbone cannot be rebuilt from its spec: pass backbone=the model")
+        return TabularAdapter(model, num_features=spec["num_features"], classifier=spec["classifier"],
+                              embed_dim=spec["embed_dim"], group_batch_size=spec.get("group_batch_size", 4096))
     if model is None:
         model = _build_hf(spec)
     if family == "vit":

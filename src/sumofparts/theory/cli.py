@@ -42,6 +42,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lp-d-max", type=int, default=15, help="solve the LPs only up to this d (default 15)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling methods (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sop-steps", type=int, default=300,
+                   help="training steps of the SOP model fitted to each binomial (0: no SOP column; default 300)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -64,6 +66,7 @@ def main_theory(args: argparse.Namespace) -> int:
 
     from .methods import METHOD_NAMES
     from .report import default_meta, format_markdown, theory_rows, write_report
+    from .sop_fit import sop_extra_attributions
 
     torch.set_num_threads(1)
     methods = list(METHOD_NAMES) if args.methods is None else list(args.methods)
@@ -74,6 +77,7 @@ def main_theory(args: argparse.Namespace) -> int:
             lp_d_max=args.lp_d_max,
             seed=args.seed,
             progress=not getattr(args, "no_progress", False),
+            extra_attributions=sop_extra_attributions(args.sop_steps, args.seed) if args.sop_steps else None,
         )
     except ValueError as exc:
         print(f"sop theory: error: {exc}", file=sys.stderr)
@@ -85,6 +89,8 @@ def main_theory(args: argparse.Namespace) -> int:
         cmd += f" --lp-d-max {args.lp_d_max}"
     if args.seed != 0:
         cmd += f" --seed {args.seed}"
+    if args.sop_steps != 300:
+        cmd += f" --sop-steps {args.sop_steps}"
     meta = default_meta(args.d_max, methods, args.seed, None, cmd)
     paths = write_report(rows, args.out, meta)
     print(format_markdown(rows, meta))

@@ -1,0 +1,102 @@
+"""Adapter for models of a feature vector ``(B, d)``: cells are the features.
+
+This is the fourth family, written against the same protocol as the others and
+needing nothing else: SOP on tabular data, and on the polynomials of
+:mod:`sumofparts.theory`. A removed feature is set to 0 (the baseline of the theory).
+The generator's cell embeddings come from a small trainable encoder of each
+feature: an embedding of its index plus its value times a learned vector.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BackboneAdapter, describe
+
+__all__ = ["TabularAdapter", "IdentityHead"]
+
+
+class IdentityHead(nn.Module):
+    """Wraps ``model: (B, d) -> (B, C)`` (or ``(B,)``) with an identity linear head.
+
+    For models without a classifier layer of their own: the group embedding is the
+    model's output itself and the classifier weight is the identity, so the selector's
+    score for group i and output j is ``s_s · y_ij`` at initialisation.
+    """
+
+    def __init__(self, model: nn.Module, num_outputs: int):
+        super().__init__()
+        self.body = model
+        self.head = nn.Linear(num_outputs, num_outputs, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(num_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        if y.ndim == 1:
+            y = y.unsqueeze(-1)
+        return self.head(y)
+
+
+class _FeatureEncoder(nn.Module):
+    def __init__(self, num_features: int, dim: int):
+        super().__init__()
+        self.index = nn.Parameter(torch.randn(num_features, dim) / dim**0.5)
+        self.value = nn.Parameter(torch.randn(num_features, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.index.unsqueeze(0) + x.unsqueeze(-1) * self.value.unsqueeze(0)  # (B, d, D)
+
+
+class TabularAdapter(BackboneAdapter):
+    """A model of ``(B, d)`` feature vectors as an SOP backbone.
+
+    Args:
+        model: ``model(x) -> (B, C)``; if it has no ``nn.Linear`` to name as
+            ``classifier``, wrap it first with :class:`IdentityHead`.
+        num_features: d.
+        classifier: dotted name of the final ``nn.Linear`` (None: the last one).
+        embed_dim: width of the generator's feature embeddings.
+    """
+
+    family = "tabular"
+
+    def __init__(self, model: nn.Module, *, num_features: int, classifier: str | None = None, embed_dim: int = 16,
+                 group_batch_size: int = 4096):
+        modules = dict(model.named_modules())
+        if classifier is None:
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("the model has no nn.Linear classifier: wrap it with IdentityHead(model, C)")
+            classifier = linears[-1]
+        super().__init__(model, modules[classifier], group_batch_size)
+        self.num_features = int(num_features)
+        self.encoder_dim = int(embed_dim)
+        self.classifier_name = classifier
+
+    def num_cells(self, inputs: Any) -> int:
+        return self.num_features
+
+    def batch_size(self, inputs: Any) -> int:
+        return int(inputs.shape[0])
+
+    def validate(self, inputs: Any) -> None:
+        if not isinstance(inputs, torch.Tensor) or inputs.ndim != 2 or inputs.shape[1] != self.num_features:
+            raise ValueError(f"expected a feature batch of shape (B, {self.num_features}), got {describe(inputs)}")
+        if not inputs.is_floating_point():
+            raise TypeError(f"expected floating-point features, got dtype {inputs.dtype}")
+        if not torch.isfinite(inputs).all():
+            raise ValueError("the input contains NaN or infinite values; expected finite numbers")
+
+    def make_encoder(self) -> nn.Module:
+        return _FeatureEncoder(self.num_features, self.encoder_dim)
+
+    def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        B, G, d = masks.shape
+        return (inputs.unsqueeze(1) * masks.to(inputs.dtype)).reshape(B * G, d)
+
+    def spec(self) -> dict[str, Any]:
+        return {"family": self.family, "num_features": self.num_features, "classifier": self.classifier_name,
+                "embed_dim": self.encoder_dim, "group_batch_size": self.group_batch_size}
