@@ -41,6 +41,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def _publish(tmp: str) -> None:
+    """Give a temporary file the permissions a plain ``open(..., "w")`` would have (mkstemp uses 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
@@ -51,6 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -104,6 +116,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -135,6 +148,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     os.close(fd)
     try:
         save_file(clean, tmp, metadata=dict(metadata) if metadata else None)
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
