@@ -73,11 +73,13 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed: int = 0,
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
-             command: str | None = None) -> dict[str, Any]:
+             command: str | None = None, eval_n: int = 100, eval_methods: list[str] | None = None,
+             report: bool = True) -> dict[str, Any]:
     """Prepare the data, load or train the backbone, train SOP, evaluate both, write the table.
 
-    Writes ``out_dir/sop/`` (checkpoints), ``out_dir/results.json`` and ``out_dir/results.md``
-    and returns the results dict.
+    Writes ``out_dir/sop/`` (checkpoints), ``out_dir/results.json`` and ``out_dir/results.md``,
+    the evaluation tables (``out_dir/evaluation/``, unless ``eval_n`` is 0) and the HTML report
+    (unless ``report`` is False), and returns the results dict.
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -114,6 +116,16 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
         "command": command or " ".join(sys.argv), "python": platform.python_version(),
         "torch": torch.__version__, "data_meta": data.meta,
     }
+    command = results["command"]
+    if eval_n:
+        from .evaluation import evaluate_task
+
+        tables = evaluate_task((sop, data), methods=eval_methods, n=min(eval_n, len(data.test)), seed=seed,
+                               out_dir=out_dir / "evaluation", progress=progress, command=command)
+        results["evaluation"] = {"accuracy": tables.accuracy, "faithfulness": tables.faithfulness,
+                                 "notes": tables.notes, "files": {k: str(v) for k, v in tables.paths.items()}}
+        results.setdefault("after", []).append(tables.markdown())
+    results["seconds"]["total"] = time.time() - t0
     atomic_write_json(out_dir / "results.json", results)
     md = (f"# {task_name}: backbone vs SOP\n\n{table}\n\n"
           f"Command: `{results['command']}`  \nSeed: {seed}; size: {size}; "

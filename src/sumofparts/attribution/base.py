@@ -1,0 +1,253 @@
+"""One interface for everything that explains a prediction.
+
+Every explainer (SOP itself and every baseline) is an :class:`AttributionMethod`:
+
+>>> method = get_method("intgrad", adapter)
+>>> scores = method.attribute(x, target=3)        # shaped like the input's features
+>>> cells = method.attribute_cells(x, target=3)   # (B, N): one score per cell
+
+The call mirrors Captum's ``attribute(inputs, target=...)``. Shapes:
+
+* images ``x: (B, C, H, W)`` -> ``attribute``: ``(B, C, H, W)``;
+* text ``x = {"input_ids": (B, L), "attention_mask": (B, L)}`` -> ``attribute``: ``(B, L)``,
+  one score per token (gradient methods on the input embeddings are summed over the
+  embedding dimension);
+* ``attribute_cells``: ``(B, N)`` for every family (N cells: patches, feature-map cells, tokens).
+
+Methods that produce *groups* of cells (SOP, FRESH, the "-F" conversions) set
+``grouped = True`` and also implement :meth:`AttributionMethod.explain_groups`, which
+returns a :class:`GroupedResult`: the groups, each group's additive score for the target,
+and the prediction the method itself outputs (for those methods ``scores.sum(1)`` equals
+``prediction[target]``).
+
+``target``: an int (the same class for every input) or a ``(B,)`` integer tensor / sequence.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..backbones.base import BackboneAdapter, Inputs, describe
+
+__all__ = ["AttributionMethod", "GroupedResult", "check_target", "seeded", "top_tau_cells",
+           "broadcast_to_input", "cell_representatives"]
+
+Target = int | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class GroupedResult:
+    """What a grouped method says about a batch.
+
+    Attributes:
+        masks: ``(B, G, N)`` bool, the groups on the cells.
+        scores: ``(B, G)`` float, each group's additive attribution for the target.
+        prediction: ``(B, C)`` logits that the method itself outputs (SOP's logits, the
+            backbone's output on the kept group for FRESH and "-F").
+        target: ``(B,)`` long, the output explained for each input.
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    prediction: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.masks.shape[1])
+
+    def cell_attributions(self) -> torch.Tensor:
+        """``(B, N)``: ``Σ_g mask_g · score_g`` (a cell in several groups gets each group's score)."""
+        return torch.einsum("bg,bgn->bn", self.scores, self.masks.to(self.scores.dtype))
+
+
+def check_target(target: Any, batch_size: int, num_outputs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Validate ``target`` and return it as a ``(B,)`` long tensor.
+
+    Accepts an int, a 0-d integer tensor, or a sequence / 1-d integer tensor of length B,
+    each value in ``[0, num_outputs)``.
+    """
+    if target is None:
+        raise ValueError("target is required: pass the class to explain (an int, or one int per input)")
+    if isinstance(target, bool):
+        raise TypeError(f"expected target as an int or {batch_size} ints, got a bool")
+    if isinstance(target, int):
+        t = torch.full((batch_size,), target, dtype=torch.long, device=device)
+    else:
+        if isinstance(target, torch.Tensor):
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                raise TypeError(f"expected an integer target tensor, got {describe(target)}")
+            t = target.to(device=device, dtype=torch.long)
+        else:
+            try:
+                t = torch.as_tensor(list(target), device=device)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"expected target as an int or a sequence of {batch_size} ints, "
+                                f"got {type(target).__name__}") from exc
+            if t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"expected integer targets, got {t.dtype}")
+            t = t.long()
+        if t.ndim == 0:
+            t = t.expand(batch_size).clone()
+        if t.shape != (batch_size,):
+            raise ValueError(f"expected target as an int or {batch_size} ints (one per input), "
+                             f"got shape {tuple(t.shape)}")
+    if bool(((t < 0) | (t >= num_outputs)).any()):
+        raise ValueError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
+    return t
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the previous RNG state afterwards.
+
+    Captum's sampling methods draw from the global generator; this keeps them reproducible
+    without leaving global state changed. ``seed=None``: no seeding.
+    """
+    if seed is None:
+        yield
+        return
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))  # seeds the CPU and every CUDA generator
+        yield
+
+
+def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
+    """``(B, N)`` scores -> ``(B, N)`` bool: the top ``max(1, floor(tau · n_valid))`` valid cells.
+
+    Ties are broken by cell index (stable sort), NaN scores rank last, and invalid cells
+    (special tokens, padding) are never kept. Same rule as SOP's top-τ binarisation.
+    """
+    if not 0.0 < float(tau) <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+    if cell_scores.shape != valid.shape:
+        raise ValueError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
+    n_valid = valid.sum(-1)
+    k = torch.clamp(torch.floor(float(tau) * n_valid.to(torch.float64) + 1e-9).long(), min=1)
+    s = cell_scores.detach().to(torch.float64)
+    s = torch.nan_to_num(s, nan=-torch.finfo(torch.float64).max)
+    s = s.masked_fill(~valid, float("-inf"))
+    order = torch.argsort(s, dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (ranks < k[:, None]) & valid
+
+
+def broadcast_to_input(adapter: BackboneAdapter, cell_values: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """Cell values ``(B, N)`` at input resolution: ``(B, C, H, W)`` for images (each pixel and
+    channel of a cell gets the cell's value), ``(B, L)`` for tokens."""
+    if not isinstance(inputs, torch.Tensor):
+        return cell_values
+    ids = adapter.cell_index_map(inputs).to(cell_values.device)  # (C, H, W)
+    B = cell_values.shape[0]
+    flat = cell_values.gather(1, ids.reshape(1, -1).expand(B, -1))
+    return flat.reshape(B, *ids.shape)
+
+
+def cell_representatives(adapter: BackboneAdapter, inputs: Inputs) -> torch.Tensor:
+    """``(N,)`` long: for each cell, the flat index of its first input feature."""
+    ids = adapter.cell_index_map(inputs).reshape(-1)
+    N = adapter.num_cells(inputs)
+    pos = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full((N,), ids.numel(), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, ids, pos, reduce="amin")
+    if bool((first == ids.numel()).any()):
+        raise ValueError("a cell covers no input feature; cell-level scores cannot be read back")
+    return first
+
+
+class AttributionMethod:
+    """Base class of every explainer.
+
+    Subclasses set ``name`` and implement :meth:`_attribute` (post-hoc) or
+    :meth:`explain_groups` (grouped). ``attribute`` validates the inputs and the target
+    and returns scores shaped like the input's features (see the module docs).
+
+    Class attributes:
+        name: the registry name (lowercase).
+        grouped: the method produces groups of cells (:meth:`explain_groups`).
+        cell_features: the method treats whole cells as its features, so ``attribute``
+            repeats each cell's score over the cell's input features (perturbation methods
+            on ``feature_mask = adapter.cell_index_map``); ``attribute_cells`` then returns
+            that score once per cell instead of summing the copies.
+        families: adapter families the method supports.
+    """
+
+    name: str = "base"
+    grouped: bool = False
+    cell_features: bool = False
+    families: tuple[str, ...] = ("vit", "cnn", "bert")
+
+    def __init__(self, adapter: BackboneAdapter, **options: Any):
+        if not isinstance(adapter, BackboneAdapter):
+            raise TypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
+        if adapter.family not in self.families:
+            raise NotImplementedError(
+                f"method {self.name!r} supports the {', '.join(self.families)} families, "
+                f"not {adapter.family!r}")
+        if options:
+            raise TypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
+        self.adapter = adapter
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, family={self.adapter.family!r})"
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def is_text(self) -> bool:
+        return not isinstance(self.adapter.cell_grid, tuple)
+
+    def _prepare(self, inputs: Inputs, target: Target) -> torch.Tensor:
+        self.adapter.validate(inputs)
+        return check_target(target, self.adapter.batch_size(inputs), self.adapter.num_outputs,
+                            self.adapter.device)
+
+    # -- the interface ---------------------------------------------------------------------------
+    def attribute(self, inputs: Inputs, target: Target, **kwargs: Any) -> torch.Tensor:
+        """Scores shaped like the input's features: ``(B, C, H, W)`` images, ``(B, L)`` text.
+
+        ``kwargs`` override the method's defaults for this call (for Captum methods they
+        go to Captum's ``attribute``).
+        """
+        t = self._prepare(inputs, target)
+        return self._attribute(inputs, t, **kwargs)
+
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.grouped:
+            return broadcast_to_input(self.adapter, self.explain_groups(inputs, target).cell_attributions(),
+                                      inputs)
+        raise NotImplementedError
+
+    def attribute_cells(self, inputs: Inputs, target: Target, **kwargs: Any) -> torch.Tensor:
+        """``(B, N)``: one score per cell.
+
+        Default: the feature attributions summed inside each cell
+        (``adapter.pool_to_cells``); methods whose features are the cells return each
+        cell's score once; grouped methods return ``Σ_g mask_g · score_g``.
+        """
+        t = self._prepare(inputs, target)
+        if self.grouped:
+            return self.explain_groups(inputs, t).cell_attributions()
+        attr = self._attribute(inputs, t, **kwargs)
+        if self.cell_features and isinstance(inputs, torch.Tensor):
+            idx = cell_representatives(self.adapter, inputs).to(attr.device)
+            return attr.reshape(attr.shape[0], -1)[:, idx].to(torch.float32)
+        return self.adapter.pool_to_cells(attr, inputs)
+
+    def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
+        """Grouped methods only: masks ``(B, G, N)``, scores ``(B, G)``, prediction ``(B, C)``."""
+        raise NotImplementedError(f"method {self.name!r} does not produce groups")
+
+    @torch.no_grad()
+    def predict(self, inputs: Inputs) -> torch.Tensor:
+        """``(B, C)`` logits of the model this method explains (post-hoc: the frozen backbone)."""
+        self.adapter.validate(inputs)
+        return self.adapter(inputs)
+
+
+#: a factory ``(adapter, **options) -> AttributionMethod``
+MethodFactory = Callable[..., AttributionMethod]

@@ -1,0 +1,644 @@
+"""Post-hoc attributions through Captum, behind the project's interface.
+
+Each class wraps one Captum method; ``attribute`` returns what Captum returns for the
+same arguments (see ``tests/attribution/test_captum_equivalence.py``), reshaped only
+where the interface asks (text: one score per token).
+
+What the model is, per family:
+
+* **images** (``vit``, ``cnn``): the forward is ``adapter.forward`` (logits ``(B, C)``)
+  on the pixel tensor; the baseline is 0 (the "zero occlusion" SOP uses after
+  normalisation).
+* **text** (``bert``): gradient methods attribute with respect to the **input
+  embeddings** (the word embeddings, before position / token-type embeddings are
+  added): the forward is ``adapter.forward({"inputs_embeds": e, "attention_mask": m,
+  "token_type_ids": t})`` (:class:`EmbeddingForward`), with the attention mask and
+  token types bound through Captum's ``additional_forward_args``. The baseline is the
+  ``[MASK]`` token's embedding (``adapter.mask_token_id``) at every real token, while
+  special tokens and padding keep their own embedding (exactly what
+  ``adapter.mask_inputs`` does to tokens outside a group). Per-token scores are the
+  attributions summed over the embedding dimension.
+* **perturbation methods** (Feature Ablation, Shapley Value Sampling, KernelSHAP, LIME)
+  use the cells as features: ``feature_mask = adapter.cell_index_map(inputs)`` (a patch,
+  a feature-map cell or a token; for text the token's whole embedding vector). Captum
+  repeats a feature's score on every element of the feature; ``attribute`` keeps that
+  (images ``(B, C, H, W)``; text: one value per token) and ``attribute_cells`` returns
+  each cell's score once.
+
+Sampling methods draw from torch's global generator; every call runs under
+``seed`` (default 0) with the global RNG state restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..backbones.base import BackboneAdapter, Inputs
+from .base import AttributionMethod, seeded
+
+__all__ = [
+    "CaptumMethod", "EmbeddingForward", "text_embeddings", "Saliency", "SmoothGrad", "GradientXInput",
+    "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution", "GradCAM", "GuidedGradCAM", "LRP",
+    "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME", "CAPTUM_METHODS",
+    "DEFAULT_SAMPLE_BUDGET",
+]
+
+#: SOP's number of groups on ImageNet: the budget the paper gives the sampling methods.
+DEFAULT_SAMPLE_BUDGET = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# text: a forward on input embeddings
+# ---------------------------------------------------------------------------------------------
+class EmbeddingForward(nn.Module):
+    """``forward(inputs_embeds, attention_mask=None, token_type_ids=None) -> logits (B, C)``.
+
+    The text backbone seen as a function of its input (word) embeddings ``(B, L, D)``.
+    """
+
+    def __init__(self, adapter: BackboneAdapter):
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        batch: dict[str, torch.Tensor] = {"inputs_embeds": inputs_embeds}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return self.adapter(batch)
+
+
+def text_embeddings(adapter: BackboneAdapter, inputs: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any]]:
+    """Word embeddings ``(B, L, D)``, the ``[MASK]`` baseline ``(B, L, D)`` and the extra forward args.
+
+    The baseline is the ``[MASK]`` embedding at every valid token and the token's own
+    embedding at special tokens and padding.
+    """
+    layer = adapter.model.get_input_embeddings()
+    with torch.no_grad():
+        embeds = layer(inputs["input_ids"]).detach()
+        fill = layer.weight[adapter.mask_token_id].detach()
+        valid = adapter.valid_cells(inputs)
+        baseline = torch.where(valid.unsqueeze(-1), fill.expand_as(embeds), embeds)
+    extra = (inputs.get("attention_mask"), inputs.get("token_type_ids"))
+    return embeds, baseline, extra
+
+
+# ---------------------------------------------------------------------------------------------
+# the common wrapper
+# ---------------------------------------------------------------------------------------------
+class CaptumMethod(AttributionMethod):
+    """A Captum attribution method behind :class:`AttributionMethod`.
+
+    Subclasses name the Captum class (``captum_class``), the ``attribute`` keyword
+    arguments they pass by default (``defaults``) and whether the method takes
+    ``baselines`` and a ``feature_mask``. Options given at construction override the
+    defaults; keyword arguments given to :meth:`attribute` override both for one call.
+    """
+
+    captum_class: Any = None
+    defaults: dict[str, Any] = {}
+    uses_baselines: bool = False
+    uses_feature_mask: bool = False
+    needs_module: bool = False  #: Captum wants an nn.Module (hooks on its layers), not a function
+    sampling: bool = False  #: draws random numbers (runs under ``seed``)
+
+    def __init__(self, adapter: BackboneAdapter, *, seed: int | None = 0, **options: Any):
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
+                            f"expected some of {sorted(self.defaults) + ['seed']}")
+        super().__init__(adapter)
+        self.options = {**self.defaults, **options}
+        self.seed = seed
+
+    # what Captum is given -----------------------------------------------------------------------
+    def forward_module(self) -> nn.Module:
+        """The model Captum sees: the adapter (images) or :class:`EmbeddingForward` (text)."""
+        return EmbeddingForward(self.adapter) if self.is_text else self.adapter
+
+    def make_captum(self) -> Any:
+        model = self.forward_module()
+        return self.captum_class(model if self.needs_module else model.forward)
+
+    def captum_inputs(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The tensor Captum attributes to and the ``attribute`` keyword arguments it needs."""
+        kwargs: dict[str, Any] = {}
+        if self.is_text:
+            x, baseline, extra = text_embeddings(self.adapter, inputs)
+            kwargs["additional_forward_args"] = extra
+        else:
+            x, baseline = inputs, torch.zeros_like(inputs)
+        if self.uses_baselines:
+            kwargs["baselines"] = baseline
+        if self.uses_feature_mask:
+            kwargs["feature_mask"] = self.feature_mask(inputs, x)
+        return x, kwargs
+
+    def feature_mask(self, inputs: Inputs, x: torch.Tensor) -> torch.Tensor:
+        """Cells as features, shaped ``(1, *x.shape[1:])``."""
+        ids = self.adapter.cell_index_map(inputs).to(x.device)
+        if self.is_text:  # (L,) -> (1, L, D): a token's whole embedding is one feature
+            return ids.view(1, -1, 1).expand(1, x.shape[1], x.shape[2]).contiguous()
+        return ids.unsqueeze(0)
+
+    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        return {**self.options, **kwargs}
+
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        x, base_kwargs = self.captum_inputs(inputs)
+        call = {**base_kwargs, **self.call_kwargs(kwargs, x)}
+        method = self.make_captum()
+        with seeded(self.seed if self.sampling else None), quiet_captum():
+            attr = method.attribute(x, target=target, **call)
+        return self.reduce(attr.detach())
+
+    #: text, gradient methods: how the (B, L, D) attribution becomes (B, L): "sum" over D, or
+    #: "abs_sum" (the L1 norm) for raw-gradient methods, whose plain sum over D is ~0 because
+    #: the LayerNorm after the embeddings removes the gradient's mean over D.
+    text_reduce: str = "sum"
+
+    def reduce(self, attr: torch.Tensor) -> torch.Tensor:
+        """Captum's output -> the interface's shape (text: one score per token)."""
+        if not self.is_text:
+            return attr
+        if self.cell_features:
+            return attr[..., 0]  # a token's score repeated on its D elements: take it once
+        if self.text_reduce == "abs_sum":
+            return attr.abs().sum(-1)
+        return attr.sum(-1)
+
+
+@contextlib.contextmanager
+def quiet_captum() -> Iterator[None]:
+    """Silence Captum's routine notices (inputs made to require grad, hooks set and removed,
+    one LIME/KernelSHAP model per example)."""
+    with warnings.catch_warnings():
+        for message in (".*did not already require gradients.*", ".*Setting backward hooks.*",
+                        ".*Setting forward, backward hooks.*", ".*multiple inputs for Lime.*"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient methods
+# ---------------------------------------------------------------------------------------------
+def _captum():
+    import captum.attr as ca
+
+    return ca
+
+
+class Saliency(CaptumMethod):
+    """|∂f_t/∂x| (``abs=True``, Captum's default). One backward pass."""
+
+    name = "saliency"
+    defaults = {"abs": True}
+
+    @property
+    def captum_class(self):
+        return _captum().Saliency
+
+
+class SmoothGrad(CaptumMethod):
+    """SmoothGrad: mean over ``nt_samples`` noisy copies x + ε, ε ~ N(0, σ²), of |∂f_t/∂x|.
+
+    ``NoiseTunnel(Saliency)`` with ``nt_type="smoothgrad"``. ``stdevs=None`` (default)
+    sets σ = ``noise_level`` · (max(x) − min(x)) over the batch (SmoothGrad's 10-20 %).
+    """
+
+    name = "smoothgrad"
+    defaults = {"nt_type": "smoothgrad", "nt_samples": 10, "stdevs": None, "nt_samples_batch_size": None,
+                "abs": True, "noise_level": 0.15}
+    sampling = True
+
+    def make_captum(self) -> Any:
+        ca = _captum()
+        return ca.NoiseTunnel(ca.Saliency(self.forward_module().forward))
+
+    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        call = {**self.options, **kwargs}
+        level = call.pop("noise_level")
+        if call.get("stdevs") is None:
+            call["stdevs"] = float(level) * float(x.max() - x.min())
+        return call
+
+
+class GradientXInput(CaptumMethod):
+    """x ⊙ ∂f_t/∂x (``InputXGradient``). One backward pass."""
+
+    name = "gradxinput"
+
+    @property
+    def captum_class(self):
+        return _captum().InputXGradient
+
+
+class IntegratedGradients(CaptumMethod):
+    """(x − x̄) ⊙ ∫₀¹ ∂f_t(x̄ + α(x − x̄))/∂x dα, Gauss–Legendre with ``n_steps`` points."""
+
+    name = "intgrad"
+    defaults = {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": None}
+    uses_baselines = True
+
+    @property
+    def captum_class(self):
+        return _captum().IntegratedGradients
+
+
+class DeepLift(CaptumMethod):
+    """DeepLIFT (rescale rule) against the baseline: multipliers through ReLU/Sigmoid/... modules.
+
+    On transformers (GELU modules and functional softmax have no DeepLIFT rule in Captum)
+    the gradients pass unchanged through those non-linearities.
+    """
+
+    name = "deeplift"
+    defaults = {"multiply_by_inputs": True}
+    uses_baselines = True
+    needs_module = True
+
+    def make_captum(self) -> Any:
+        return _captum().DeepLift(self.forward_module(), multiply_by_inputs=self.options["multiply_by_inputs"])
+
+    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        call = {**self.options, **kwargs}
+        call.pop("multiply_by_inputs", None)
+        return call
+
+
+class GuidedBackprop(CaptumMethod):
+    """Gradient with the ReLU modules' backward replaced by ReLU of the incoming gradient.
+
+    Only ``nn.ReLU`` modules are changed: on transformers (GELU) it equals the plain gradient.
+    """
+
+    name = "guided_backprop"
+    needs_module = True
+    text_reduce = "abs_sum"
+
+    @property
+    def captum_class(self):
+        return _captum().GuidedBackprop
+
+
+class Deconvolution(CaptumMethod):
+    """Gradient with each ReLU module's backward replaced by ReLU of the incoming gradient only
+    (ignoring the forward activation). Same ReLU-module caveat as Guided Backprop."""
+
+    name = "deconvolution"
+    needs_module = True
+    text_reduce = "abs_sum"
+
+    @property
+    def captum_class(self):
+        return _captum().Deconvolution
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad-CAM
+# ---------------------------------------------------------------------------------------------
+class _GridView(nn.Module):
+    """Identity module: a named place where a transformer's tokens are seen as a grid.
+
+    Grad-CAM needs a layer whose output is ``(B, channels, *spatial)``; a transformer
+    layer's tokens are ``(B, T, D)``. A forward pre-hook on the chosen encoder layer
+    passes its input tokens through this module as ``(B, D, h, w)`` (ViT: the patch
+    tokens, CLS left out) or ``(B, D, L)`` (BERT: all tokens), so Captum's
+    ``LayerGradCam`` on it is Grad-CAM on the token grid.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _encoder_layers(adapter: BackboneAdapter) -> nn.ModuleList:
+    if adapter.family == "vit":
+        return adapter.model.vit.layers
+    base = adapter.model.base_model
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+    if layers is None:
+        raise NotImplementedError(f"cannot find the encoder layers of a {type(adapter.model).__name__}")
+    return layers
+
+
+@contextlib.contextmanager
+def token_grid(adapter: BackboneAdapter, layer_index: int = -1) -> Iterator[nn.Module]:
+    """Route the input tokens of encoder layer ``layer_index`` through a :class:`_GridView`.
+
+    Yields the view module (the layer to give ``LayerGradCam``); the hook is removed on exit.
+    The input of the last layer is used by default: after the last layer only the CLS
+    token reaches the classifier, so the patch tokens' gradients there are zero.
+    """
+    layers = _encoder_layers(adapter)
+    if not -len(layers) <= layer_index < len(layers):
+        raise ValueError(f"layer_index must be in [-{len(layers)}, {len(layers)}), got {layer_index}")
+    view = _GridView()
+    grid = adapter.cell_grid
+
+    def hook(module, args, kwargs):
+        if args:
+            h, rest = args[0], args[1:]
+        else:
+            h, rest = kwargs.pop("hidden_states"), ()
+        if grid is not None:  # ViT: (B, 1+N, D) -> patches (B, D, h, w)
+            cls, patches = h[:, :1], h[:, 1:]
+            B, N, D = patches.shape
+            g = view(patches.transpose(1, 2).reshape(B, D, *grid))
+            h = torch.cat([cls, g.reshape(B, D, N).transpose(1, 2)], dim=1)
+        else:  # text: (B, L, D) -> (B, D, L)
+            h = view(h.transpose(1, 2)).transpose(1, 2)
+        return (h, *rest), kwargs
+
+    handle = layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield view
+    finally:
+        handle.remove()
+
+
+class GradCAM(CaptumMethod):
+    """Grad-CAM: ReLU(Σ_k α_k A^k), α_k = mean over positions of ∂f_t/∂A^k, upsampled to the input.
+
+    ``LayerGradCam`` on: CNN, the adapter's ``feature_layer`` (or ``layer=`` a module
+    name); ViT, the patch tokens entering encoder layer ``layer_index`` (default the
+    last) seen as a ``(D, h, w)`` grid; BERT, the tokens entering that layer as a
+    ``(D, L)`` sequence. Images: upsampled with ``LayerAttribution.interpolate``
+    (``interpolate_mode``) to ``(H, W)`` and repeated on every channel. One forward and
+    one backward pass.
+    """
+
+    name = "gradcam"
+    defaults = {"relu_attributions": True, "interpolate_mode": "bilinear", "layer": None, "layer_index": -1}
+
+    @contextlib.contextmanager
+    def layer_module(self, opts: dict[str, Any] | None = None) -> Iterator[nn.Module]:
+        """The layer Grad-CAM reads (CNN: a module of the model; transformers: a token-grid view)."""
+        opts = opts or self.options
+        if self.adapter.family == "cnn":
+            name = opts["layer"] or self.adapter.feature_layer
+            modules = dict(self.adapter.model.named_modules())
+            if name not in modules:
+                raise ValueError(f"layer {name!r} is not a module of the CNN")
+            yield modules[name]
+        else:
+            with token_grid(self.adapter, opts["layer_index"]) as view:
+                yield view
+
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(kwargs) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name}.attribute got unexpected arguments {sorted(unknown)}; "
+                            f"expected some of {sorted(self.defaults)}")
+        return {**self.options, **kwargs}
+
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        ca = _captum()
+        opts = self._options(kwargs)
+        x, base_kwargs = self.captum_inputs(inputs)
+        with self.layer_module(opts) as layer, quiet_captum():
+            cam = ca.LayerGradCam(self.forward_module().forward, layer).attribute(
+                x, target=target, relu_attributions=opts["relu_attributions"], **base_kwargs)
+        cam = cam.detach()
+        if self.is_text:
+            return cam[:, 0]  # (B, 1, L) -> (B, L)
+        up = ca.LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=opts["interpolate_mode"])
+        return up.expand(-1, x.shape[1], -1, -1).contiguous()
+
+
+class GuidedGradCAM(GradCAM):
+    """Guided Backprop ⊙ Grad-CAM (upsampled): Captum's ``GuidedGradCam`` for images.
+
+    Text: the Guided Backprop attribution on the embeddings (L1 norm per token), times the
+    token-level Grad-CAM (Captum's class cannot interpolate a token map onto ``(L, D)``
+    embeddings); Grad-CAM here always applies the ReLU, as Captum's class does.
+    """
+
+    name = "guided_gradcam"
+    defaults = {"interpolate_mode": "nearest", "layer": None, "layer_index": -1}
+
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        ca = _captum()
+        opts = self._options(kwargs)
+        x, base_kwargs = self.captum_inputs(inputs)
+        model = self.forward_module()
+        with self.layer_module(opts) as layer, quiet_captum():
+            if not self.is_text:
+                return ca.GuidedGradCam(model, layer).attribute(
+                    x, target=target, interpolate_mode=opts["interpolate_mode"]).detach()
+            cam = ca.LayerGradCam(model.forward, layer).attribute(
+                x, target=target, relu_attributions=True, **base_kwargs).detach()
+            gbp = ca.GuidedBackprop(model).attribute(x, target=target, **base_kwargs).detach()
+        return gbp.abs().sum(-1) * cam[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# LRP
+# ---------------------------------------------------------------------------------------------
+class LRP(CaptumMethod):
+    """Layer-wise relevance propagation (Captum's default rules: ε-rule for conv/linear).
+
+    Only CNNs whose every leaf module has a Captum rule (Conv2d, Linear, MaxPool, AvgPool,
+    AdaptiveAvgPool2d, BatchNorm2d, ReLU, Dropout, Tanh; flattening done with
+    ``torch.flatten``, not ``nn.Flatten``). Element-wise activations Captum has no rule for
+    (LeakyReLU, ELU, SiLU, GELU) pass the relevance through unchanged (Captum's
+    ``IdentityRule``, attached for the call only) unless ``identity_activations=False``.
+    Transformers raise ``NotImplementedError`` (no rule for attention or LayerNorm). After a
+    failure inside Captum, the rules and hooks it attached are removed again. One forward
+    and one backward pass.
+    """
+
+    name = "lrp"
+    families = ("cnn",)
+    defaults = {"identity_activations": True}
+    _IDENTITY_TYPES = (nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU)
+
+    def _check_rules(self, model: nn.Module) -> None:
+        from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+
+        missing = sorted({type(m).__name__ for m in model.modules()
+                          if len(list(m.children())) == 0 and m is not model and not hasattr(m, "rule")
+                          and type(m) not in SUPPORTED_LAYERS_WITH_RULES
+                          and type(m) not in SUPPORTED_NON_LINEAR_LAYERS})
+        if missing:
+            raise NotImplementedError(
+                f"LRP needs a Captum rule for every layer; this model has layers without one: {', '.join(missing)} "
+                "(replace nn.Flatten by torch.flatten in forward, or set module.rule yourself)")
+
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        from captum.attr._utils.lrp_rules import IdentityRule
+
+        ca = _captum()
+        opts = {**self.options, **kwargs}
+        model = self.adapter.model  # the raw CNN: the adapter lists its classifier twice
+        added = []
+        if opts.pop("identity_activations"):
+            for m in model.modules():
+                if isinstance(m, self._IDENTITY_TYPES) and not hasattr(m, "rule"):
+                    m.rule = IdentityRule()
+                    added.append(m)
+        try:
+            self._check_rules(model)
+            had_rule = {m for m in model.modules() if hasattr(m, "rule")}
+            lrp = ca.LRP(model)
+            try:
+                with quiet_captum():
+                    return lrp.attribute(inputs, target=target, **opts).detach()
+            except Exception as exc:
+                _lrp_cleanup(lrp, model, had_rule)
+                raise NotImplementedError(
+                    f"Captum's LRP failed on this model ({type(exc).__name__}: {exc})") from exc
+        finally:
+            for m in added:
+                if hasattr(m, "rule"):
+                    del m.rule
+
+
+def _lrp_cleanup(lrp: Any, model: nn.Module, had_rule: set) -> None:
+    """Undo what a failed ``LRP.attribute`` left on the model: hooks, rules, activations, weights."""
+    for attr in ("forward_handles", "backward_handles"):
+        for handle in getattr(lrp, attr, []) or []:
+            handle.remove()
+    for m in model.modules():
+        rule = getattr(m, "rule", None)
+        for h in getattr(rule, "_handle_input_hooks", []) or []:
+            h.remove()
+        if getattr(rule, "_handle_output_hook", None) is not None:
+            rule._handle_output_hook.remove()
+        if m not in had_rule and hasattr(m, "rule"):
+            del m.rule
+        for attr in ("activations", "activation"):
+            if attr in m.__dict__:
+                delattr(m, attr)
+    state = getattr(lrp, "_original_state_dict", None)
+    if state is not None:
+        model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# perturbation methods: cells are the features
+# ---------------------------------------------------------------------------------------------
+class FeatureAblation(CaptumMethod):
+    """f_t(x) − f_t(x with cell j set to the baseline), for every cell j. N + 1 forward passes."""
+
+    name = "feature_ablation"
+    defaults = {"perturbations_per_eval": 16}
+    uses_baselines = True
+    uses_feature_mask = True
+    cell_features = True
+
+    @property
+    def captum_class(self):
+        return _captum().FeatureAblation
+
+
+class Occlusion(CaptumMethod):
+    """Sliding-window occlusion: each feature gets the mean drop f_t(x) − f_t(x with a window
+    set to the baseline) over the windows covering it.
+
+    Images: a window of one cell, ``(C, ceil(H / h), ceil(W / w))``, moved by
+    ``(H // h, W // w)`` pixels (about N windows: where cells divide the image this is
+    Feature Ablation on the cells; pixels past the last whole window get 0), unless
+    ``sliding_window_shapes`` / ``strides`` are given (e.g. half-cell strides for the
+    classic overlapping occlusion, about 4N passes). Text: windows of ``window_tokens``
+    tokens (default 3) moved by 1 token over the embeddings, baseline ``[MASK]``.
+    """
+
+    name = "occlusion"
+    defaults = {"perturbations_per_eval": 16, "sliding_window_shapes": None, "strides": None, "window_tokens": 3}
+    uses_baselines = True
+
+    @property
+    def captum_class(self):
+        return _captum().Occlusion
+
+    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        call = {**self.options, **kwargs}
+        tokens = int(call.pop("window_tokens"))
+        if self.is_text:
+            D = x.shape[-1]
+            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (tokens, D)
+            call["strides"] = call["strides"] or (1, D)
+        else:
+            C, H, W = x.shape[1:]
+            gh, gw = self.adapter.cell_grid
+            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (C, math.ceil(H / gh), math.ceil(W / gw))
+            call["strides"] = call["strides"] or (C, max(1, H // gh), max(1, W // gw))
+        return call
+
+    def reduce(self, attr: torch.Tensor) -> torch.Tensor:
+        return attr[..., 0] if self.is_text else attr  # windows span the whole embedding
+
+
+class ShapleyValueSampling(CaptumMethod):
+    """Shapley values of the cells estimated from ``n_samples`` random permutations
+    (each costs N + 1 forward passes)."""
+
+    name = "shapley"
+    defaults = {"n_samples": 5, "perturbations_per_eval": 16}
+    uses_baselines = True
+    uses_feature_mask = True
+    cell_features = True
+    sampling = True
+
+    @property
+    def captum_class(self):
+        return _captum().ShapleyValueSampling
+
+
+class KernelSHAP(CaptumMethod):
+    """KernelSHAP: a linear model of f_t on ``n_samples`` random cell subsets, weighted by
+    the Shapley kernel. Default budget: 20 samples, SOP's number of groups."""
+
+    name = "kernelshap"
+    defaults = {"n_samples": DEFAULT_SAMPLE_BUDGET, "perturbations_per_eval": 16}
+    uses_baselines = True
+    uses_feature_mask = True
+    cell_features = True
+    sampling = True
+
+    @property
+    def captum_class(self):
+        return _captum().KernelShap
+
+
+class LIME(CaptumMethod):
+    """LIME: a sparse linear surrogate (Captum's default Lasso, α = 0.01) of f_t fitted on
+    ``n_samples`` random cell subsets (Bernoulli ½) weighted by an exponential cosine kernel.
+    Default budget: 20 samples. ``interpretable_model`` / ``similarity_func`` /
+    ``perturb_func`` options go to Captum's ``Lime`` constructor."""
+
+    name = "lime"
+    defaults = {"n_samples": DEFAULT_SAMPLE_BUDGET, "perturbations_per_eval": 16, "interpretable_model": None,
+                "similarity_func": None, "perturb_func": None}
+    uses_baselines = True
+    uses_feature_mask = True
+    cell_features = True
+    sampling = True
+    _constructor_keys = ("interpretable_model", "similarity_func", "perturb_func")
+
+    def make_captum(self) -> Any:
+        ctor = {k: self.options[k] for k in self._constructor_keys if self.options[k] is not None}
+        return _captum().Lime(self.forward_module().forward, **ctor)
+
+    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        call = {**self.options, **kwargs}
+        for k in self._constructor_keys:
+            call.pop(k, None)
+        return call
+
+
+CAPTUM_METHODS: dict[str, type[CaptumMethod]] = {
+    cls.name: cls for cls in (Saliency, SmoothGrad, GradientXInput, IntegratedGradients, DeepLift, GuidedBackprop,
+                              Deconvolution, GradCAM, GuidedGradCAM, LRP, FeatureAblation, Occlusion,
+                              ShapleyValueSampling, KernelSHAP, LIME)
+}

@@ -1,0 +1,110 @@
+"""RISE (Petsiuk et al., 2018): saliency from randomly masked inputs.
+
+    S_t(x) = 1 / (n · p) · Σ_{i=1..n} P(t | x ⊙ M_i) · M_i
+
+Images: each mask ``M_i`` is a random binary ``s_h × s_w`` grid (each cell kept with
+probability ``p``), upsampled bilinearly to ``((s_h+1)·c_h, (s_w+1)·c_w)`` pixels
+(``c = ceil(H / s)``) and cropped at a random shift in ``[0, c)``: a smooth mask with
+values in [0, 1]. Masked pixels go to 0 (the zero baseline). Text: each mask is a
+binary vector over the tokens; tokens outside it are replaced as in
+``adapter.mask_inputs`` ([MASK] embedding; special tokens and padding untouched).
+
+All masks come from a ``torch.Generator`` seeded with ``seed`` (no global RNG); the
+same masks are used for every input of a batch. The ``B · n`` masked inputs are sent
+through the backbone in chunks of ``batch_size``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backbones.base import BackboneAdapter, Inputs
+from .base import AttributionMethod
+from .captum_methods import DEFAULT_SAMPLE_BUDGET
+
+__all__ = ["RISE", "rise_masks"]
+
+
+def rise_masks(n: int, grid: tuple[int, int], size: tuple[int, int], p: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """``n`` smooth RISE masks ``(n, H, W)`` in [0, 1]."""
+    sh, sw = grid
+    H, W = size
+    ch, cw = math.ceil(H / sh), math.ceil(W / sw)
+    low = (torch.rand(n, 1, sh, sw, generator=generator) < p).float()
+    up = nn.functional.interpolate(low, size=((sh + 1) * ch, (sw + 1) * cw), mode="bilinear", align_corners=False)
+    dy = torch.randint(0, ch, (n,), generator=generator)
+    dx = torch.randint(0, cw, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(H)[None, :]  # (n, H)
+    cols = dx[:, None] + torch.arange(W)[None, :]  # (n, W)
+    idx = torch.arange(n)[:, None, None]
+    return up[:, 0][idx, rows[:, :, None], cols[:, None, :]]  # (n, H, W)
+
+
+class RISE(AttributionMethod):
+    """RISE with ``n_masks`` masks (default 20, SOP's group budget), keep probability ``p``.
+
+    Options:
+        n_masks: number of random masks (forward passes per input). Default 20.
+        p: probability of keeping a cell of the low-resolution grid. Default 0.5.
+        grid: ``(s_h, s_w)`` of the low-resolution masks (images). Default: half the
+            adapter's cell grid, rounded up (7 × 7 for a 14 × 14 ViT, as in the paper).
+        output: ``"prob"`` (softmax probability of the target, the paper's choice) or
+            ``"logit"`` (raw output, for regression).
+        batch_size: masked inputs per backbone call (default ``adapter.group_batch_size``).
+        seed: seed of the masks.
+    """
+
+    name = "rise"
+
+    def __init__(self, adapter: BackboneAdapter, *, n_masks: int = DEFAULT_SAMPLE_BUDGET, p: float = 0.5,
+                 grid: tuple[int, int] | None = None, output: str = "prob", batch_size: int | None = None,
+                 seed: int = 0):
+        super().__init__(adapter)
+        if int(n_masks) < 1:
+            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        if not 0.0 < float(p) <= 1.0:
+            raise ValueError(f"p must be in (0, 1], got {p}")
+        if output not in ("prob", "logit"):
+            raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
+        self.n_masks, self.p, self.output, self.seed = int(n_masks), float(p), output, int(seed)
+        self.batch_size = int(batch_size or adapter.group_batch_size)
+        if adapter.cell_grid is not None:
+            gh, gw = adapter.cell_grid
+            self.grid = tuple(grid) if grid is not None else (max(1, math.ceil(gh / 2)), max(1, math.ceil(gw / 2)))
+        else:
+            self.grid = None
+
+    def _values(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` logits -> what RISE weighs the masks by (probabilities or logits)."""
+        return logits.softmax(-1) if self.output == "prob" else logits
+
+    @torch.no_grad()
+    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if kwargs:
+            raise TypeError(f"RISE.attribute got unexpected arguments {sorted(kwargs)}")
+        g = torch.Generator().manual_seed(self.seed)
+        n, B = self.n_masks, self.adapter.batch_size(inputs)
+        if self.adapter.cell_grid is None:  # tokens
+            L = self.adapter.num_cells(inputs)
+            masks = (torch.rand(n, L, generator=g) < self.p).to(self.adapter.device)  # (n, L)
+            logits, _ = self.adapter.forward_groups(inputs, masks.unsqueeze(0).expand(B, n, L))  # (B, n, C)
+            values = self._values(logits)
+            score = values.gather(2, target.view(B, 1, 1).expand(B, n, 1))[..., 0]  # (B, n)
+            sal = torch.einsum("bn,nl->bl", score, masks.float()) / (n * self.p)
+            return sal * self.adapter.valid_cells(inputs).to(sal.dtype)
+        x = inputs
+        C, H, W = x.shape[1:]
+        masks = rise_masks(n, self.grid, (H, W), self.p, g).to(x.device, x.dtype)  # (n, H, W)
+        score = torch.empty(B, n, dtype=x.dtype, device=x.device)
+        flat_b = torch.arange(B, device=x.device).repeat_interleave(n)
+        flat_i = torch.arange(n, device=x.device).repeat(B)
+        for start in range(0, B * n, self.batch_size):
+            b, i = flat_b[start:start + self.batch_size], flat_i[start:start + self.batch_size]
+            y = self._values(self.adapter(x[b] * masks[i].unsqueeze(1)))
+            score[b, i] = y.gather(1, target[b].view(-1, 1))[:, 0]
+        sal = torch.einsum("bn,nhw->bhw", score, masks) / (n * self.p)
+        return sal.unsqueeze(1).expand(B, C, H, W).contiguous()

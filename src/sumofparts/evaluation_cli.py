@@ -1,0 +1,79 @@
+"""``sop evaluate TASK``: the paper's accuracy/purity and faithfulness tables for a trained SOP model."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation import evaluate_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    checkpoint = args.checkpoint or Path("sop-runs") / args.task / "sop" / "best"
+    out = args.out or Path("sop-runs") / args.task / "evaluation"
+    command = _command_line(args)
+    tables = evaluate_task(args.task, methods=args.methods, n=args.n, seed=args.seed, out_dir=out,
+                           progress=not args.no_progress, checkpoint=checkpoint, size=args.size,
+                           cache_dir=args.cache_dir, batch_size=args.batch_size, steps=args.steps,
+                           robustness=args.robustness, command=command)
+    print()
+    print(tables.markdown())
+    print(f"written: {', '.join(str(p) for p in tables.paths.values())}")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as parsed (so it is right however ``sop`` was invoked: shell, ``main([...])``)."""
+    parts = ["sop", "evaluate", args.task]
+    if args.methods:
+        parts += ["--methods", *args.methods]
+    parts += ["--n", str(args.n), "--seed", str(args.seed)]
+    for flag, value in (("--checkpoint", args.checkpoint), ("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.size != "default":
+        parts += ["--size", args.size]
+    if args.batch_size != 16:
+        parts += ["--batch-size", str(args.batch_size)]
+    if args.steps != 10:
+        parts += ["--steps", str(args.steps)]
+    if args.robustness:
+        parts.append("--robustness")
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sop evaluate`` to the ``sop`` command."""
+    p = subparsers.add_parser(
+        "evaluate", help="the accuracy/purity and faithfulness tables of a trained SOP model and the baselines",
+        description="Run SOP and attribution methods on the first N test items of TASK and write the paper's two "
+                    "tables (accuracy/purity; fidelity, insertion, deletion) as Markdown, CSV and JSON.")
+    p.add_argument("task", help="task name (see `sop tasks`)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to evaluate (e.g. sop gradcam lime fresh; 'all' for every one; default: a fast "
+                        "set per family)")
+    p.add_argument("--n", type=int, default=100, help="number of test items, the first N (default: %(default)s)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="SOP checkpoint directory (default: sop-runs/TASK/sop/best, as written by `sop run`)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/evaluation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the methods' sampling and the bootstrap "
+                                                       "(default: %(default)s)")
+    p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="insertion/deletion steps (default: %(default)s)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also compute infidelity and max-sensitivity of the post-hoc methods (first batch)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,74 @@
+"""Error, MSE and the sparsity curve: how good a method's own prediction is.
+
+Every function takes plain tensors, so it scores any method: the SOP model's logits,
+the prediction a grouped method (an "-F" conversion, FRESH, BagNet) makes from its own
+groups, or the backbone's.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["per_example_error", "error", "per_example_squared_error", "mse", "sparsity_curve"]
+
+
+def _check_logits(pred: torch.Tensor, name: str = "pred_logits") -> torch.Tensor:
+    if not isinstance(pred, torch.Tensor) or pred.ndim != 2:
+        got = f"shape {tuple(pred.shape)}" if isinstance(pred, torch.Tensor) else type(pred).__name__
+        raise ValueError(f"expected {name} as a (B, C) tensor, got {got}")
+    return pred
+
+
+def per_example_error(pred_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float: 1 where ``argmax(pred_logits) != label``, else 0.
+
+    ``pred_logits: (B, C)``; ``labels: (B,)`` class indices.
+    """
+    pred = _check_logits(pred_logits)
+    labels = torch.as_tensor(labels, device=pred.device).long().reshape(-1)
+    if labels.shape[0] != pred.shape[0]:
+        raise ValueError(f"expected {pred.shape[0]} labels for {pred.shape[0]} predictions, got {labels.shape[0]}")
+    return (pred.argmax(-1) != labels).to(torch.float64)
+
+
+def error(pred_logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 error ``1 − accuracy`` of ``pred_logits (B, C)`` against ``labels (B,)``."""
+    return float(per_example_error(pred_logits, labels).mean())
+
+
+def per_example_squared_error(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: the squared error of each example averaged over its T outputs.
+
+    ``pred: (B, T)``; ``targets: (B, T)`` (or ``(B,)`` when T = 1).
+    """
+    pred = _check_logits(pred, "pred")
+    targets = torch.as_tensor(targets, device=pred.device).to(torch.float64).reshape(pred.shape)
+    return ((pred.to(torch.float64) - targets) ** 2).mean(-1)
+
+
+def mse(pred: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean squared error over examples and outputs (the paper's CosmoGrid column)."""
+    return float(per_example_squared_error(pred, targets).mean())
+
+
+def sparsity_curve(logits_per_fraction: torch.Tensor, labels: torch.Tensor,
+                   fractions: Sequence[float] | None = None, *, task: str = "classification") -> dict:
+    """Accuracy (or MSE) as a function of the fraction k of cells the prediction may use.
+
+    ``logits_per_fraction: (B, S, C)``: the prediction made from the top-k cells for each of
+    the S fractions (what :func:`~sumofparts.metrics.masked_predictions` or
+    :func:`~sumofparts.metrics.sop_curves` return). Returns ``{"fractions": [...],
+    "accuracy": [...]}`` (classification) or ``{"fractions": [...], "mse": [...]}``.
+    """
+    if logits_per_fraction.ndim != 3:
+        raise ValueError(f"expected logits_per_fraction of shape (B, S, C), got {tuple(logits_per_fraction.shape)}")
+    S = logits_per_fraction.shape[1]
+    fractions = list(fractions) if fractions is not None else [(i + 1) / S for i in range(S)]
+    if len(fractions) != S:
+        raise ValueError(f"{len(fractions)} fractions for {S} curve steps")
+    if task == "regression":
+        vals = [mse(logits_per_fraction[:, s], labels) for s in range(S)]
+        return {"fractions": fractions, "mse": vals}
+    vals = [1.0 - error(logits_per_fraction[:, s], labels) for s in range(S)]
+    return {"fractions": fractions, "accuracy": vals}

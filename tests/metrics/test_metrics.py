@@ -1,0 +1,250 @@
+"""Metrics on cases whose answers are known by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sumofparts import metrics as M
+from sumofparts.backbones import CNNAdapter
+
+torch.set_num_threads(1)
+
+
+class LinearNet(nn.Module):
+    """f(x) = W · flatten(x) + b on 1×4×4 images; every pixel is a cell."""
+
+    input_shape = (1, 4, 4)
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.feat = nn.Identity()
+        self.head = nn.Linear(16, weight.shape[0])
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(bias)
+
+    def forward(self, x):
+        return self.head(self.feat(x).flatten(1))
+
+
+def linear_adapter(weight, bias):
+    return CNNAdapter(LinearNet(weight, bias), feature_layer="feat", classifier="head", grid=(4, 4))
+
+
+@pytest.fixture
+def linear():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 16, generator=g)
+    b = torch.randn(3, generator=g)
+    x = torch.randn(5, 1, 4, 4, generator=g)
+    return linear_adapter(W, b), W, b, x
+
+
+# -- insertion / deletion ---------------------------------------------------------------------------
+def test_gradient_times_input_is_exact_on_a_linear_model(linear):
+    adapter, W, b, x = linear
+    target = adapter(x).argmax(-1)
+    gxi = W[target] * x.flatten(1)  # Gradient×Input, one score per pixel (= cell)
+    ins = M.insertion_error(adapter, x, gxi, target, steps=10)
+    dele = M.deletion_error(adapter, x, gxi, target, steps=10)
+    assert ins.shape == dele.shape == (5, 10)
+    assert float(ins.max()) < 1e-5 and float(dele.max()) < 1e-5
+    # a wrong attribution is not exact
+    assert float(M.insertion_error(adapter, x, gxi + 1.0, target).max()) > 0.5
+
+
+def test_insertion_and_deletion_curves_by_hand():
+    # two classes, logits (0, w·x): p(class 1) = sigmoid(w·x) on whatever is kept
+    w = torch.arange(1, 17, dtype=torch.float32) / 10
+    W = torch.stack([torch.zeros(16), w])
+    adapter = linear_adapter(W, torch.zeros(2))
+    x = torch.ones(1, 1, 4, 4)
+    contrib = w  # w_i x_i
+    scores = contrib.unsqueeze(0)
+    ins = M.insertion_curve(adapter, x, scores, steps=4)
+    dele = M.deletion_curve(adapter, x, scores, steps=4)
+    sorted_c = torch.sort(contrib, descending=True).values
+    expect_ins = torch.stack([torch.sigmoid(sorted_c[:4 * s].sum()) for s in (1, 2, 3, 4)])
+    expect_del = torch.stack([torch.sigmoid(sorted_c[4 * s:].sum()) for s in (1, 2, 3, 4)])
+    torch.testing.assert_close(ins[0], expect_ins)
+    torch.testing.assert_close(dele[0], expect_del)
+    assert float(dele[0, -1]) == pytest.approx(0.5)  # everything removed: logits (0, 0)
+    # AUCs: raw = mean of the curve, normalised = raw / p(x)
+    assert float(M.raw_auc(ins)[0]) == pytest.approx(float(expect_ins.mean()))
+    assert float(M.normalised_auc(ins)[0]) == pytest.approx(float(expect_ins.mean() / expect_ins[-1]))
+    assert float(M.normalised_auc(dele, ins[:, -1])[0]) == pytest.approx(float(expect_del.mean() / expect_ins[-1]))
+
+
+def test_a_perfect_attribution_beats_its_reverse_on_an_additive_model(linear):
+    adapter, W, b, x = linear
+    target = adapter(x).argmax(-1)
+    perfect = W[target] * x.flatten(1)
+    reverse = -perfect
+    ins_good = M.insertion_curve(adapter, x, perfect, target=target)
+    ins_bad = M.insertion_curve(adapter, x, reverse, target=target)
+    del_good = M.deletion_curve(adapter, x, perfect, target=target)
+    del_bad = M.deletion_curve(adapter, x, reverse, target=target)
+    # on the logit scale the ordering holds step by step; on probabilities it holds for the AUCs
+    assert bool((M.raw_auc(ins_good) >= M.raw_auc(ins_bad) - 1e-9).all())
+    assert bool((M.raw_auc(del_good) <= M.raw_auc(del_bad) + 1e-9).all())
+    # both paths end at the full input / the empty input
+    torch.testing.assert_close(ins_good[:, -1], ins_bad[:, -1])
+    torch.testing.assert_close(del_good[:, -1], del_bad[:, -1])
+
+
+def test_curve_inputs_are_checked(linear):
+    adapter, _, _, x = linear
+    with pytest.raises(ValueError, match="cell_scores"):
+        M.insertion_curve(adapter, x, torch.zeros(5, 15))
+    with pytest.raises(ValueError, match="mode"):
+        M.masked_predictions(adapter, x, torch.zeros(5, 16), mode="sideways")
+
+
+def test_regression_curves_follow_the_output_value():
+    W = torch.ones(1, 16)
+    adapter = linear_adapter(W, torch.zeros(1))
+    x = torch.ones(1, 1, 4, 4)
+    curve = M.insertion_curve(adapter, x, torch.arange(16.0).unsqueeze(0), steps=4, target=0, task="regression")
+    torch.testing.assert_close(curve[0], torch.tensor([4.0, 8.0, 12.0, 16.0]))
+    with pytest.raises(ValueError, match="regression"):
+        M.insertion_curve(adapter, x, torch.zeros(1, 16), task="regression")
+
+
+# -- purity ---------------------------------------------------------------------------------------
+def test_purity_and_iou_on_hand_drawn_masks():
+    f = torch.zeros(2, 4, 4, dtype=torch.bool)
+    f[0, 0, :] = True  # 4 foreground pixels
+    m = torch.zeros(2, 4, 4, dtype=torch.bool)
+    m[0, 0, :2] = True  # 2 of them ...
+    m[0, 1, :2] = True  # ... and 2 background pixels
+    m[1, 2, 2] = True  # the second example has no foreground
+    cov = M.purity(m, f)
+    j = M.iou(m, f)
+    assert float(cov[0]) == pytest.approx(2 / 4)
+    assert float(j[0]) == pytest.approx(2 / 6)
+    assert math.isnan(float(cov[1])) and math.isnan(float(j[1]))
+    with pytest.raises(ValueError, match="same"):
+        M.purity(m, f[:, :3])
+
+
+def test_highest_weighted_groups_versus_the_authors_ascending_order():
+    # 4x4 input; foreground = top row. Group 0 (weight .7) is the top row, group 1 (weight .1) the
+    # bottom row, group 2 (weight .2) the third row. Each group covers 25% >= 20% of the pixels.
+    f = torch.zeros(1, 4, 4, dtype=torch.bool)
+    f[0, 0] = True
+    masks = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
+    masks[0, 0, 0] = True
+    masks[0, 1, 3] = True
+    masks[0, 2, 2] = True
+    weights = torch.tensor([[0.7, 0.1, 0.2]])
+    best = M.grouped_purity(masks, weights, f, fraction=0.2)
+    authors = M.grouped_purity(masks, weights, f, fraction=0.2, descending=False)
+    assert float(best["purity"][0]) == 1.0 and float(best["iou"][0]) == 1.0
+    assert float(authors["purity"][0]) == 0.0  # the least-weighted group: the bottom row
+    # a larger fraction takes groups until the union reaches it: 0.4 needs two rows
+    two = M.grouped_union(masks, weights, fraction=0.4)
+    assert int(two.sum()) == 8 and bool(two[0, 0].all()) and bool(two[0, 2].all())
+
+
+def test_top_fraction_cells_keeps_floor_of_the_fraction():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.0, 0.2, 0.8, 0.7, 0.6, 0.4]])
+    keep = M.top_fraction_cells(scores, 0.2)
+    assert keep[0].nonzero().flatten().tolist() == [1, 6]
+    valid = torch.ones_like(keep)
+    valid[0, 1] = False
+    assert M.top_fraction_cells(scores, 0.2, valid)[0].nonzero().flatten().tolist() == [6]  # floor(0.2*9) = 1
+
+
+# -- fidelity, accuracy -------------------------------------------------------------------------------
+def test_fidelity_is_zero_when_attributions_sum_to_the_logits_and_a_known_kl_otherwise():
+    logits = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    assert float(M.fidelity(logits, logits.clone()).abs().max()) < 1e-12
+    assert float(M.fidelity(logits, logits + 5.0).abs().max()) < 1e-12  # a constant shift changes nothing
+    kl = M.fidelity(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]]))
+    # KL((.5, .5) || (.25, .75)) = .5 ln 2 + .5 ln(2/3) = .5 ln(4/3)
+    assert float(kl[0]) == pytest.approx(0.5 * math.log(4 / 3))
+    assert float(M.fidelity(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 4.0]]), task="regression")[0]) == 2.0
+
+
+def test_error_mse_and_sparsity_curve():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert M.error(logits, labels) == pytest.approx(0.25)
+    assert M.mse(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx(
+        (4 / 2 + 2 / 2) / 2)
+    per_k = torch.stack([torch.zeros(4, 2), logits], 1)  # k = .5: always class 0; k = 1: the logits
+    curve = M.sparsity_curve(per_k, labels)
+    assert curve["fractions"] == [0.5, 1.0] and curve["accuracy"] == [0.75, 0.75]
+
+
+# -- bootstrap ------------------------------------------------------------------------------------
+def test_bootstrap_std_is_close_to_the_standard_error():
+    rng = np.random.default_rng(1)
+    v = rng.normal(0.0, 2.0, size=400)
+    se = v.std(ddof=1) / math.sqrt(v.size)  # 0.1
+    est = M.bootstrap_std(v, n_boot=2000, seed=0)
+    assert est == pytest.approx(se, rel=0.1)
+    assert M.bootstrap_std(v, seed=3) == M.bootstrap_std(v, seed=3)  # seeded
+    assert M.bootstrap_std(np.r_[v, np.nan], n_boot=2000, seed=0) == pytest.approx(est)  # NaNs dropped
+    assert math.isnan(M.bootstrap_std([1.0]))
+    # 0/1 errors: the standard error of a proportion sqrt(p(1-p)/n)
+    errs = np.r_[np.ones(30), np.zeros(70)]
+    assert M.bootstrap_std(errs, n_boot=4000, seed=0) == pytest.approx(math.sqrt(0.3 * 0.7 / 100), rel=0.1)
+
+
+# -- infidelity, max-sensitivity ----------------------------------------------------------------------
+def test_infidelity_is_zero_for_exact_linear_attributions(linear):
+    adapter, W, b, x = linear
+    target = adapter(x).argmax(-1)
+    gxi = (W[target] * x.flatten(1)).reshape(x.shape)
+    grad = W[target].reshape(x.shape)
+    assert float(M.infidelity(adapter, x, gxi, target, perturbation="subset").abs().max()) < 1e-8
+    assert float(M.infidelity(adapter, x, grad, target, perturbation="noise").abs().max()) < 1e-8
+    assert float(M.infidelity(adapter, x, torch.zeros_like(x), target, perturbation="subset").min()) > 0
+    with pytest.raises(ValueError, match="perturbation"):
+        M.infidelity(adapter, x, grad, target, perturbation="other")
+
+
+def test_max_sensitivity_of_a_constant_gradient_is_zero(linear):
+    adapter, W, b, x = linear
+    target = adapter(x).argmax(-1)
+
+    def gradient(inp, target):
+        return W[target].reshape(inp.shape) + 0 * inp
+
+    def grad_times_input(inp, target):
+        return W[target].reshape(inp.shape) * inp
+
+    assert float(M.max_sensitivity(gradient, x, target).abs().max()) < 1e-6
+    s = M.max_sensitivity(grad_times_input, x, target, radius=0.02)
+    assert float(s.max()) > 0 and bool(torch.isfinite(s).all())
+    assert torch.equal(s, M.max_sensitivity(grad_times_input, x, target, radius=0.02))  # seeded
+
+
+# -- SOP's re-made groups ---------------------------------------------------------------------------
+def test_sop_insertion_at_k_is_the_model_with_tau_k(cnn):
+    from sumofparts.model import SOPConfig, SumOfParts
+    from sumofparts.tasks.synthetic import make_bars
+
+    torch.manual_seed(0)
+    adapter = CNNAdapter(cnn, feature_layer="pool2", classifier="head", grid=(4, 4))
+    sop = SumOfParts(adapter, SOPConfig(num_groups=4, num_heads=2, tau=0.25, generator_scale=0.5,
+                                        selector_scale=1.0)).eval()
+    x = make_bars(3, seed=1)[0]
+    curves = M.sop_curves(sop, x, steps=4)
+    assert curves.insertion_logits.shape == curves.deletion_logits.shape == (3, 4, 4)
+    with torch.no_grad():
+        out = sop(x)
+        torch.testing.assert_close(curves.insertion_logits[:, 0], out.logits, rtol=1e-5, atol=1e-5)
+        sop.config = sop.config.replace(tau=0.5)
+        torch.testing.assert_close(curves.insertion_logits[:, 1], sop(x).logits, rtol=1e-5, atol=1e-5)
+        # k = 1: every group is the whole input, so SOP outputs the backbone's logits
+        torch.testing.assert_close(curves.insertion_logits[:, -1], adapter(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(curves.target, out.logits.argmax(-1))
+    # deletion at k = 1 removes every cell: all groups see the zero image
+    zero = adapter(torch.zeros_like(x))
+    torch.testing.assert_close(curves.deletion_logits_abs_scale[:, -1], zero, rtol=1e-4, atol=1e-5)
