@@ -312,6 +312,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
     total = len(plan) * len(batches)
     bar = tqdm(total=total, desc="evaluate", disable=not progress, dynamic_ncols=True)
     robust: dict[str, dict[str, float]] = {}
+    method_seconds: dict[str, float] = {key: 0.0 for key in plan}
     try:
         for key, spec in plan.items():
             start = 0
@@ -319,9 +320,11 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
                 stop = start + len(y)
                 bar.set_description(f"evaluate {key}: examples {start + 1}-{stop}/{n}")
                 fg = foreground[start:stop] if foreground is not None else None
+                t_batch = time.perf_counter()
                 _evaluate_batch(key, spec, sop, x, y, fg, accs[key], curve_sums, steps=steps, fraction=fraction,
                                 kind=kind, regression_target=regression_target,
                                 fidelity_classes=C if C <= fidelity_max_classes else 0)
+                method_seconds[key] += time.perf_counter() - t_batch
                 if robustness and b == 0 and spec["role"] == "posthoc" and isinstance(x, torch.Tensor):
                     robust[key] = _robustness(spec["method"], adapter, x, seed)
                 start = stop
@@ -404,6 +407,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
         "versions": {"sumofparts": __version__, "torch": torch.__version__, "captum": captum_version,
                      "numpy": np.__version__, "python": platform.python_version()},
         "seconds": time.time() - t0,
+        "seconds_per_example": {key: t / n for key, t in method_seconds.items()},
     }
     if out_dir is not None:
         _write(tables, Path(out_dir))
