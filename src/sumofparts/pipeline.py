@@ -125,6 +125,14 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
         results["evaluation"] = {"accuracy": tables.accuracy, "faithfulness": tables.faithfulness,
                                  "notes": tables.notes, "files": {k: str(v) for k, v in tables.paths.items()}}
         results.setdefault("after", []).append(tables.markdown())
+    if report:
+        from .report.cli import write_task_report
+
+        results["report"] = str(out_dir / "report.html")
+        atomic_write_json(out_dir / "results.json", results)
+        path = write_task_report(task_name, sop, data, out_dir, results=results)
+        results["report"] = str(path)
+        results.setdefault("after", []).append(f"report: {path} (open it in a browser)")
     results["seconds"]["total"] = time.time() - t0
     atomic_write_json(out_dir / "results.json", results)
     md = (f"# {task_name}: backbone vs SOP\n\n{table}\n\n"

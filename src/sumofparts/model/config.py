@@ -18,6 +18,11 @@ class SOPConfig:
         tau: fraction of cells in a group, in (0, 1]; a group holds exactly floor(tau*N) cells.
         generator_scale: s_g, the fixed scale of the generator's attention logits (no 1/sqrt(d)).
         generator_dim: width of the generator's query/key projections (None: the encoder's width).
+        generator_norm: LayerNorm the cell embeddings before the projections (beyond the paper:
+            it makes ``generator_scale`` comparable across backbones).
+        generator_init: ``"identity"`` (W_q = W_k = I + noise, a peaked start with c > 0; beyond the
+            paper) or ``"random"`` (PyTorch's default, as the authors).
+        generator_init_noise: size of the per-head noise of the identity start.
         blur_kernel: size of the Gaussian blur of each query row over the cell grid (0: none; odd).
         blur_sigma: standard deviation of that blur, in cells.
         selector_scale: s_s, the fixed scale of the selector's attention scores.
@@ -31,6 +36,9 @@ class SOPConfig:
     tau: float = 0.2
     generator_scale: float = 0.06
     generator_dim: int | None = None
+    generator_norm: bool = True
+    generator_init: Literal["identity", "random"] = "identity"
+    generator_init_noise: float = 0.5
     blur_kernel: int = 0
     blur_sigma: float = 1.0
     selector_scale: float = 0.01
@@ -54,6 +62,8 @@ class SOPConfig:
             raise ValueError(f"blur_sigma must be > 0, got {self.blur_sigma!r}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.generator_init not in ("identity", "random"):
+            raise ValueError(f"generator_init must be 'identity' or 'random', got {self.generator_init!r}")
         if self.generator_dim is not None and int(self.generator_dim) < 1:
             raise ValueError(f"generator_dim must be >= 1 or None, got {self.generator_dim!r}")
 

@@ -25,15 +25,23 @@ class GroupGenerator(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, dim: int, num_heads: int, attn_dim: int, scale: float,
-                 grid: tuple[int, int] | None = None, blur_kernel: int = 0, blur_sigma: float = 1.0):
+                 grid: tuple[int, int] | None = None, blur_kernel: int = 0, blur_sigma: float = 1.0,
+                 norm: bool = True, init: str = "identity", init_noise: float = 0.5):
         super().__init__()
         self.encoder = encoder
+        # LayerNorm on the cell embeddings makes s_g mean the same for every backbone: the raw
+        # hidden states of a CNN may have norms of 0.1 and a ViT's of 100
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.num_heads = int(num_heads)
         self.attn_dim = int(attn_dim)
         self.scale = float(scale)
         self.query = nn.Linear(dim, num_heads * attn_dim)
         # no key bias: it adds a constant to each query row, to which the softmax is blind
         self.key = nn.Linear(dim, num_heads * attn_dim, bias=False)
+        if init == "identity":
+            self._identity_init(dim, attn_dim, init_noise)
+        elif init != "random":
+            raise ValueError(f"generator init must be 'identity' or 'random', got {init!r}")
         self.grid = grid
         self.blur_kernel = int(blur_kernel)
         if self.blur_kernel:
@@ -42,12 +50,28 @@ class GroupGenerator(nn.Module):
             self.register_buffer("blur", gaussian_kernel(self.blur_kernel, blur_sigma)[None, None],
                                  persistent=False)
 
+    @torch.no_grad()
+    def _identity_init(self, dim: int, attn_dim: int, noise: float) -> None:
+        """W_q = W_k = I + noise·R_h/sqrt(D), a different R_h per head.
+
+        Each query cell then starts by attending to the cells most similar to it, so the
+        attention is peaked and the scale c starts positive (with PyTorch's default init
+        the attention is nearly uniform, c ≈ 2τ − 1 < 0, and every group's output starts
+        with its sign flipped); the noise makes the heads propose different groups.
+        """
+        eye = torch.eye(attn_dim, dim)
+        for lin in (self.query, self.key):
+            w = torch.cat([eye + noise * torch.randn(attn_dim, dim) / dim**0.5 for _ in range(self.num_heads)])
+            lin.weight.copy_(w)
+            if lin.bias is not None:
+                lin.bias.zero_()
+
     def forward(self, inputs, valid: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
         """Candidate groups as attention distributions ``(B, K', N, N)`` (K' = len(heads) or K).
 
         ``valid (B, N)`` bool: keys outside it get zero probability.
         """
-        h = self.encoder(inputs)  # (B, N, D)
+        h = self.norm(self.encoder(inputs))  # (B, N, D)
         B, N, _ = h.shape
         q = self.query(h).view(B, N, self.num_heads, self.attn_dim).transpose(1, 2)  # (B, K, N, A)
         k = self.key(h).view(B, N, self.num_heads, self.attn_dim).transpose(1, 2)

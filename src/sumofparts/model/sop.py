@@ -58,7 +58,8 @@ class SumOfParts(nn.Module):
         self.generator = GroupGenerator(
             adapter.make_encoder(), dim=adapter.encoder_dim, num_heads=config.num_heads,
             attn_dim=config.generator_dim or adapter.encoder_dim, scale=config.generator_scale,
-            grid=adapter.cell_grid, blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma)
+            grid=adapter.cell_grid, blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+            norm=config.generator_norm, init=config.generator_init, init_noise=config.generator_init_noise)
         self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale)
 
     # -- construction ------------------------------------------------------------------------

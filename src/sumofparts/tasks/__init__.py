@@ -8,7 +8,8 @@ from .base import Task, TaskData, available_tasks, default_cache_dir, get_task, 
 __all__ = ["Task", "TaskData", "available_tasks", "default_cache_dir", "get_task", "register_task"]
 
 #: modules that define built-in tasks; a module that is missing is skipped.
-_BUILTIN = ["synthetic", "cosmology", "fashion", "sentiment", "online"]
+_BUILTIN = ["synthetic", "cosmology", "fashion", "sentiment", "online_cosmogrid", "online_imagenet_s",
+            "online_multirc"]
 
 
 def _load_builtin_tasks() -> None:

@@ -1,0 +1,711 @@
+"""One self-contained HTML report of a task: scores, evaluation tables and an explorer.
+
+:func:`collect_payload` runs a trained SOP model (and optionally post-hoc methods) on the
+first test items and renders their figures; :func:`build_report` turns that payload into
+ONE HTML file: inline CSS and JavaScript, every image a base64 PNG ``data:`` URI, no
+external URL at all, so it opens from disk in any browser without a network.
+
+Payload schema (plain JSON types; every ``*image*``/``thumbnail``/figure value is a
+``"data:image/png;base64,..."`` string or ``null``)::
+
+    {
+      "schema": "sumofparts.report/1",
+      "title": str,
+      "task": {"name": str, "kind": "classification" | "regression", "modality": "image" | "text",
+               "description": str, "output_names": [str], "n_test": int},
+      "backbone": {"name": str, "family": str},
+      "scores": {"columns": [str], "rows": [{column: value}]} | null,   # backbone vs SOP (results.json)
+      "sop_config": {field: value},
+      "tables": {                                                         # null when not evaluated
+        "accuracy":     {"title": str, "columns": [str], "rows": [{column: value}]} | null,
+        "faithfulness": {"title": str, "columns": [str], "rows": [{column: value}]} | null,
+        "notes": [str], "command": str | null,
+        "curves_figure": data-uri | null                                  # insertion/deletion curves
+      } | null,
+      "explained": str,             # which output the explorer explains ("predicted class" or a name)
+      "examples": [{
+        "id": int,                  # index in the test split
+        "label": str,               # ground truth, as text
+        "prediction": str,          # SOP's final prediction, as text
+        "target": str,              # the output explained for this example
+        "thumbnail": data-uri | null, "snippet": str | null,   # image thumbnail, or text snippet
+        "tokens": [str] | null,     # text: the real tokens (padding dropped)
+        "groups": [{                # every group, best first (by weight for the target)
+          "index": int, "weight": float, "scale": float, "logit": float, "attribution": float,
+          "predicted": str,         # the group's own prediction, as text
+          "agrees": bool | null,    # group's class == final class (null for regression)
+          "zero_weight": bool, "n_cells": int,
+          "image": data-uri | null,       # image tasks: the input with the group kept
+          "tokens_in": [bool] | null      # text tasks: which tokens are in the group
+        }],
+        "groups_figure": data-uri | null,     # optional static figure (best and zero-weight groups)
+        "attribution": MAP,                   # SOP's per-pixel / per-token attribution
+        "methods": {name: MAP},               # the post-hoc methods' maps, same input and target
+        "method_errors": {name: str}
+      }],
+      "notes": [str],
+      "generated": {"time": str, "command": str | null, "version": str}
+    }
+
+where ``MAP = {"image": data-uri | null, "scores": [float] | null, "peak": float}``: for
+images a heat map (red > 0 > blue, white at 0, over a grey copy of the input) whose full
+colour is ``peak`` = the map's largest ``|value|``; for text the raw per-token scores,
+which the page colours the same way.
+
+The explorer shows the thumbnails; clicking one fills ``#group-panel`` (best and
+zero-weight groups, each with weight, c, its own prediction and whether it agrees with
+the final prediction), ``#attribution-panel`` (SOP's attribution) and ``#methods-panel``
+(the post-hoc maps) for that example.
+"""
+from __future__ import annotations
+
+import html as _html
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..io import atomic_write_text
+from . import figures as F
+
+__all__ = ["SCHEMA", "build_report", "collect_payload", "render_html", "load_eval_tables", "save_example_figures"]
+
+SCHEMA = "sumofparts.report/1"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _num(v: Any) -> Any:
+    """JSON-safe scalar: NaN/inf -> None, numpy/torch scalars -> Python."""
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        try:
+            v = v.item()
+        except (ValueError, RuntimeError):
+            return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return _num(obj)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "N/A"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "N/A"
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], cls: str) -> str:
+    head = "".join(f"<th>{_html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return (f'<section class="table {cls}"><h2>{_html.escape(title)}</h2><div class="scroll"><table>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></section>")
+
+
+def load_eval_tables(source: Any) -> dict | None:
+    """Normalise evaluation tables: an ``EvalTables`` object, the dict of
+    ``evaluation.json``, a path to that file or to its directory, or ``None``."""
+    if source is None:
+        return None
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if p.is_dir():
+            p = p / "evaluation.json"
+        if not p.is_file():
+            return None
+        source = json.loads(p.read_text(encoding="utf-8"))
+    if not isinstance(source, Mapping) and hasattr(source, "accuracy"):
+        meta = dict(getattr(source, "meta", {}) or {})
+        source = {"task": source.task, "metric": source.metric, "accuracy": source.accuracy,
+                  "faithfulness": source.faithfulness, "accuracy_columns": source.accuracy_columns,
+                  "faithfulness_columns": source.faithfulness_columns, "notes": source.notes,
+                  "curves": source.curves, **meta}
+    if not isinstance(source, Mapping):
+        raise TypeError(f"eval_tables must be an EvalTables, a dict or a path, got {type(source).__name__}")
+    return dict(source)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], given: Sequence[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _tables_payload(ev: Mapping[str, Any] | None) -> dict | None:
+    if not ev:
+        return None
+    out: dict[str, Any] = {"notes": list(ev.get("notes") or []), "command": ev.get("command")}
+    metric = ev.get("metric", "error")
+    for key, title in (("accuracy", f"Accuracy and purity ({'MSE' if metric == 'mse' else 'error'} ↓, purity ↑)"),
+                       ("faithfulness", "Faithfulness (fidelity ↓, insertion ↑, deletion ↓)")):
+        rows = ev.get(key)
+        out[key] = ({"title": title, "columns": _columns(rows, ev.get(f"{key}_columns")), "rows": _clean(rows)}
+                    if rows else None)
+    curves = {k: v for k, v in (ev.get("curves") or {}).items()
+              if isinstance(v, Mapping) and "fractions" in v and (v.get("insertion") or v.get("deletion"))}
+    out["curves_figure"] = None
+    if curves:
+        ylabel = ("model output for the explained target" if ev.get("kind") == "regression"
+                  else "probability of the originally predicted class")
+        out["curves_figure"] = F.figure_data_uri(F.curves_figure(curves, ylabel=ylabel))
+    return out
+
+
+def _scores_payload(results: Mapping[str, Any] | None) -> dict | None:
+    if not results or not results.get("rows"):
+        return None
+    rows = _clean(results["rows"])
+    return {"columns": _columns(rows, None), "rows": rows}
+
+
+# -- collecting -------------------------------------------------------------------------------
+def _token_strings(data, ids: Sequence[int]) -> list[str]:
+    """The tokenizer's strings for ``ids`` when the task names a local tokenizer, else ``#id``."""
+    tok = getattr(data, "_report_tokenizer", None)
+    if tok is None:
+        path = (getattr(data, "meta", None) or {}).get("tokenizer")
+        if path and Path(str(path)).exists():
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            except Exception:  # noqa: BLE001 - fall back to ids
+                tok = False
+        else:
+            tok = False
+        try:
+            data._report_tokenizer = tok
+        except Exception:  # noqa: BLE001
+            pass
+    if tok:
+        return [str(t) for t in tok.convert_ids_to_tokens([int(i) for i in ids])]
+    return [f"#{int(i)}" for i in ids]
+
+
+def _fmt_value(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def collect_payload(sop, data, *, n_examples: int = 8,
+                    methods: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+                    eval_tables: Any = None, results: Mapping[str, Any] | None = None,
+                    target: int | None = None, notes: Sequence[str] | None = None,
+                    command: str | None = None, group_figures: bool = False) -> dict:
+    """Run ``sop`` on the first ``n_examples`` test items of ``data`` and build the payload.
+
+    Args:
+        sop: a :class:`~sumofparts.SumOfParts` (trained or not).
+        data: a :class:`~sumofparts.tasks.TaskData` (image or text items).
+        methods: name -> ``callable(inputs, target) -> attributions`` with ``inputs`` the
+            batch of examples and ``target`` a ``(B,)`` long tensor; attributions shaped like
+            the input (``(B, C, H, W)`` or ``(B, L)``). A method that raises is listed under
+            ``method_errors`` and the report is still written.
+        group_figures: also embed the static matplotlib figure of each example's groups
+            (about a second per example; the explorer's cards show the same).
+        eval_tables: the evaluation's tables (``EvalTables``, its JSON dict or a path).
+        results: ``results.json`` of ``sop run`` (the backbone-vs-SOP scores).
+        target: the output to explain; ``None``: the predicted class (classification) or
+            output 0 (regression).
+    """
+    import torch
+
+    from .. import __version__
+
+    if n_examples < 1:
+        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    n = min(int(n_examples), len(data.test))
+    if n < 1:
+        raise ValueError("the task's test split is empty")
+    items = [data.test[i] for i in range(n)]
+    first = items[0][0]
+    text = isinstance(first, Mapping)
+    if text:
+        inputs = {k: torch.stack([it[0][k] for it in items]) for k in first}
+    else:
+        inputs = torch.stack([it[0] for it in items])
+    labels = [it[1] for it in items]
+    kind = data.kind
+    names = list(data.output_names)
+    if kind == "regression" and target is None:
+        target = 0
+    sop.eval()
+    expl = sop.explain(inputs, target=target)
+    t = expl.target
+    attr = expl.attributions.detach().cpu()
+    all_notes = list(notes or [])
+
+    method_maps: dict[str, Any] = {}
+    method_errors: dict[str, str] = {}
+    for name, fn in (methods or {}).items():
+        try:
+            a = fn(inputs, t.clone())
+            a = a.detach().cpu().float() if hasattr(a, "detach") else torch.as_tensor(np.asarray(a)).float()
+            want = (n, *inputs["input_ids"].shape[1:]) if text else tuple(inputs.shape)
+            if tuple(a.shape) != tuple(want) and not (not text and tuple(a.shape) == (n, *inputs.shape[2:])):
+                raise ValueError(f"returned shape {tuple(a.shape)}, expected {tuple(want)}")
+            method_maps[str(name)] = a
+        except Exception as exc:  # noqa: BLE001 - a failing baseline must not stop the report
+            method_errors[str(name)] = f"{type(exc).__name__}: {exc}"
+            all_notes.append(f"method {name} failed: {type(exc).__name__}: {exc}")
+
+    examples = []
+    for b in range(n):
+        tb = int(t[b])
+        tname = names[tb] if tb < len(names) else f"output {tb}"
+        if kind == "classification":
+            final = int(expl.logits[b].argmax())
+            prediction = names[final] if final < len(names) else str(final)
+            lab = int(labels[b])
+            label = names[lab] if 0 <= lab < len(names) else str(lab)
+        else:
+            final = float(expl.logits[b, tb])
+            prediction = ", ".join(f"{names[j]} = {_fmt_value(float(v))}" for j, v in enumerate(expl.logits[b]))
+            label = ", ".join(f"{names[j]} = {_fmt_value(float(v))}" for j, v in enumerate(
+                torch.as_tensor(labels[b]).flatten()))
+        infos = expl.groups(b, target=tb)
+        w = expl.group_weights[b, :, tb].cpu()
+        c = expl.scale[b].cpu()
+        if kind == "classification":
+            gpred = expl.group_logits[b].argmax(-1).cpu()
+        else:
+            gpred = expl.group_logits[b, :, tb].cpu()
+        ex: dict[str, Any] = {"id": b, "label": label, "prediction": prediction, "target": tname,
+                              "thumbnail": None, "snippet": None, "tokens": None, "groups": [],
+                              "groups_figure": None, "attribution": None, "methods": {},
+                              "method_errors": dict(method_errors)}
+        if text:
+            valid = inputs["attention_mask"][b].bool()
+            ids = inputs["input_ids"][b][valid].tolist()
+            toks = _token_strings(data, ids)
+            ex["tokens"] = toks
+            texts = getattr(data.test, "texts", None)
+            snippet = texts[b] if isinstance(texts, Sequence) and b < len(texts) else " ".join(toks)
+            ex["snippet"] = snippet[:60] + ("…" if len(snippet) > 60 else "")
+            masks_b = expl.input_masks[b][:, valid].cpu()
+        else:
+            image = inputs[b].cpu()
+            disp = F.as_display_image(image)
+            lo, hi = float(disp.min()), float(disp.max())
+            scale_px = max(1, 96 // max(disp.shape[:2]))
+            ex["thumbnail"] = F.array_data_uri(F.masked_rgb(image, None, cmap=_cmap(data), vmin=lo, vmax=hi),
+                                               scale=scale_px)
+            masks_b = expl.input_masks[b].cpu()
+        for g in infos:
+            if kind == "classification":
+                pname = names[g.predicted] if g.predicted < len(names) else str(g.predicted)
+                agrees: bool | None = g.predicted == final
+            else:
+                pname = f"{tname} = {_fmt_value(float(gpred[g.index]))}"
+                agrees = None
+            entry = {"index": g.index, "weight": _num(g.weight), "scale": _num(g.scale), "logit": _num(g.logit),
+                     "attribution": _num(g.attribution), "predicted": pname, "agrees": agrees,
+                     "zero_weight": g.zero_weight, "n_cells": len(g.cells), "image": None, "tokens_in": None}
+            if text:
+                entry["tokens_in"] = [bool(v) for v in masks_b[g.index].tolist()]
+            else:
+                entry["image"] = F.array_data_uri(F.masked_rgb(image, masks_b[g.index], cmap=_cmap(data), vmin=lo,
+                                                               vmax=hi), scale=scale_px)
+            ex["groups"].append(entry)
+        common = dict(kind=kind, output_names=names, target=tb, scales=c)
+        if text:
+            ex["attribution"] = _token_map(attr[b][valid])
+            for name, a in method_maps.items():
+                ex["methods"][name] = _token_map(a[b][valid])
+            if group_figures:
+                ex["groups_figure"] = F.figure_data_uri(F.text_groups_figure(toks, masks_b, w, gpred, final,
+                                                                             **common))
+        else:
+            ex["attribution"] = _image_map(image, attr[b], _cmap(data), scale_px)
+            for name, a in method_maps.items():
+                ex["methods"][name] = _image_map(image, a[b], _cmap(data), scale_px)
+            if group_figures:
+                ex["groups_figure"] = F.figure_data_uri(F.group_figure(
+                    image, masks_b, w, gpred, final, cmap=_cmap(data), value_label=_value_label(data), **common))
+        examples.append(ex)
+
+    ev = load_eval_tables(eval_tables)
+    backbone = sop.backbone
+    explained = ("the predicted class" if target is None else
+                 (names[target] if isinstance(target, int) and 0 <= target < len(names) else str(target)))
+    return _clean({
+        "schema": SCHEMA,
+        "title": f"Sum-of-Parts report: {data.name}",
+        "task": {"name": data.name, "kind": kind, "modality": "text" if text else "image",
+                 "description": _description(data.name), "output_names": names, "n_test": len(data.test)},
+        "backbone": {"name": type(getattr(backbone, "model", backbone)).__name__,
+                     "family": getattr(backbone, "family", "")},
+        "scores": _scores_payload(results),
+        "sop_config": {k: v for k, v in sop.config.to_dict().items() if k != "backbone"},
+        "tables": _tables_payload(ev),
+        "explained": explained,
+        "examples": examples,
+        "notes": all_notes,
+        "generated": {"time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "command": command or (results or {}).get("command"), "version": __version__},
+    })
+
+
+def save_example_figures(sop, data, out_dir: str | Path, *, n_examples: int = 8,
+                         methods: Mapping[str, Callable[[Any, Any], Any]] | None = None, eval_tables: Any = None,
+                         target: int | None = None) -> list[Path]:
+    """Save the matplotlib figures of the first ``n_examples`` test items as PNG + SVG:
+    ``example<i>_groups``, ``example<i>_sop_attribution``, ``example<i>_methods`` (or
+    ``example<i>_<method>`` for text) and ``curves`` when the tables have curves."""
+    import torch
+
+    out_dir = Path(out_dir)
+    n = min(int(n_examples), len(data.test))
+    items = [data.test[i] for i in range(n)]
+    text = isinstance(items[0][0], Mapping)
+    inputs = ({k: torch.stack([it[0][k] for it in items]) for k in items[0][0]} if text
+              else torch.stack([it[0] for it in items]))
+    kind, names = data.kind, list(data.output_names)
+    if kind == "regression" and target is None:
+        target = 0
+    sop.eval()
+    expl = sop.explain(inputs, target=target)
+    maps = {}
+    for name, fn in (methods or {}).items():
+        try:
+            a = fn(inputs, expl.target.clone())
+            maps[name] = a.detach().cpu().float() if hasattr(a, "detach") else torch.as_tensor(np.asarray(a))
+        except Exception:  # noqa: BLE001 - listed in the report's notes by collect_payload
+            continue
+    written: list[Path] = []
+
+    def save(fig, stem: str) -> None:
+        written.extend(F.save_figure(fig, out_dir / stem, close=True).values())
+
+    for b in range(n):
+        tb = int(expl.target[b])
+        tname = names[tb] if tb < len(names) else f"output {tb}"
+        final = int(expl.logits[b].argmax()) if kind == "classification" else float(expl.logits[b, tb])
+        gpred = (expl.group_logits[b].argmax(-1) if kind == "classification" else expl.group_logits[b, :, tb])
+        common = dict(kind=kind, output_names=names, target=tb, scales=expl.scale[b])
+        w = expl.group_weights[b, :, tb]
+        if text:
+            valid = inputs["attention_mask"][b].bool()
+            toks = _token_strings(data, inputs["input_ids"][b][valid].tolist())
+            save(F.text_groups_figure(toks, expl.input_masks[b][:, valid], w, gpred, final, **common),
+                 f"example{b}_groups")
+            save(F.text_attribution_figure(toks, expl.attributions[b][valid], target_name=tname),
+                 f"example{b}_sop_attribution")
+            for name, a in maps.items():
+                save(F.text_attribution_figure(toks, a[b][valid], target_name=tname, units="the method's units",
+                                               title=f"{name}: attribution of each token to '{tname}'"),
+                     f"example{b}_{name}")
+        else:
+            image = inputs[b]
+            save(F.group_figure(image, expl.input_masks[b], w, gpred, final, cmap=_cmap(data),
+                                value_label=_value_label(data), **common), f"example{b}_groups")
+            save(F.attribution_figure(image, expl.attributions[b], target_name=tname, cmap=_cmap(data)),
+                 f"example{b}_sop_attribution")
+            if maps:
+                save(F.methods_figure(image, {k: v[b] for k, v in maps.items()}, target_name=tname,
+                                      cmap=_cmap(data)), f"example{b}_methods")
+    ev = load_eval_tables(eval_tables)
+    curves = {k: v for k, v in ((ev or {}).get("curves") or {}).items()
+              if isinstance(v, Mapping) and "fractions" in v and (v.get("insertion") or v.get("deletion"))}
+    if curves:
+        save(F.curves_figure(curves), "curves")
+    return written
+
+
+def _image_map(image, attribution, cmap: str, scale_px: int) -> dict:
+    a = np.asarray(attribution.detach().cpu().float() if hasattr(attribution, "detach") else attribution,
+                   dtype=np.float64)
+    if a.ndim == 3:
+        a = a.sum(0)
+    peak = float(np.abs(a).max())
+    return {"image": F.array_data_uri(F.attribution_rgb(image, a, cmap=cmap), scale=scale_px), "scores": None,
+            "peak": peak}
+
+
+def _token_map(scores) -> dict:
+    v = np.asarray(scores.detach().cpu().float() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    return {"image": None, "scores": [float(x) for x in v], "peak": float(np.abs(v).max()) if v.size else 0.0}
+
+
+def _cmap(data) -> str:
+    return "viridis" if data.name == "cosmology" else "gray"
+
+
+def _value_label(data) -> str:
+    if data.name == "cosmology":
+        return "convergence κ / 0.01 (0 = mean density)"
+    return "input value (normalised)"
+
+
+def _description(name: str) -> str:
+    try:
+        from ..tasks import get_task
+
+        return get_task(name).description
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+# -- rendering --------------------------------------------------------------------------------
+_CSS = """
+:root { --agree: %(agree)s; --disagree: %(disagree)s; --ink: #222; --muted: #666; --line: #ddd; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); margin: 0;
+       padding: 1rem 2rem 3rem; max-width: 1200px; margin: auto; line-height: 1.4; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid var(--line); padding-bottom: .2rem; margin-top: 2rem; }
+.muted { color: var(--muted); font-size: .9rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .85rem; }
+th, td { border: 1px solid var(--line); padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f4f4f4; }
+#thumbs { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0 1rem; }
+#thumbs button { border: 2px solid var(--line); background: #fff; padding: 2px; cursor: pointer; border-radius: 4px;
+                 font-size: .75rem; max-width: 12rem; text-align: left; }
+#thumbs button.active { border-color: var(--agree); box-shadow: 0 0 0 2px rgba(31,95,168,.25); }
+#thumbs img { display: block; width: 72px; height: 72px; image-rendering: pixelated; }
+.row { display: flex; flex-wrap: wrap; gap: .75rem; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: .4rem; width: 190px; font-size: .8rem; }
+.card img { width: 176px; height: 176px; image-rendering: pixelated; display: block; }
+.card .agree { color: var(--agree); font-weight: 600; } .card .disagree { color: var(--disagree); font-weight: 600; }
+.card.text { width: 100%%; }
+.tok { display: inline-block; margin: 1px; padding: 0 3px; border: 1px solid #ccc; border-radius: 3px;
+       font-family: ui-monospace, monospace; font-size: .8rem; color: #999; }
+.tok.in { background: #fdd835; color: #000; }
+figure { margin: .5rem 0; } figure img { max-width: 100%%; } figcaption { font-size: .85rem; color: var(--muted); }
+.legend { margin: .3rem 0 1rem; font-size: .8rem; }
+.legend > span { display: inline-block; vertical-align: middle; margin-right: .4rem; }
+.legend .bar { width: 180px; height: 12px; border: 1px solid #aaa;
+               background: linear-gradient(to right, rgb(33,102,172), rgb(255,255,255), rgb(178,24,43)); }
+figure.map { width: 150px; font-size: .75rem; } figure.map img { width: 144px; height: 144px; image-rendering: pixelated; }
+figure.map.text { width: 100%%; }
+.tok.heat { color: #000; }
+.errors { color: var(--disagree); font-size: .85rem; }
+"""
+
+_JS = r"""
+(function () {
+  var data = JSON.parse(document.getElementById('sop-data').textContent);
+  var ex = data.examples || [];
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    if (attrs) { for (var k in attrs) { if (k === 'class') e.className = attrs[k]; else e.setAttribute(k, attrs[k]); } }
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return 'N/A';
+    if (typeof v !== 'number') return String(v);
+    if (v === 0) return '0';
+    return Math.abs(v) >= 1e-3 ? Number(v.toPrecision(4)).toString() : v.toExponential(2);
+  }
+  function card(e, g) {
+    var c = el('div', {'class': 'card' + (e.tokens ? ' text' : ''), 'data-group': String(g.index)});
+    if (g.image) c.appendChild(el('img', {src: g.image, alt: 'group ' + g.index + ' of example ' + e.id}));
+    if (e.tokens && g.tokens_in) {
+      var p = el('div');
+      for (var i = 0; i < e.tokens.length; i++) p.appendChild(el('span', {'class': 'tok' + (g.tokens_in[i] ? ' in' : '')}, e.tokens[i]));
+      c.appendChild(p);
+    }
+    c.appendChild(el('div', null, 'group ' + g.index + ' · weight ' + fmt(g.weight) + ' · c ' + fmt(g.scale)));
+    c.appendChild(el('div', null, 'w·c·y = ' + fmt(g.attribution) + ' · ' + g.n_cells + ' cells'));
+    var cls = g.agrees === null ? '' : (g.agrees ? 'agree' : 'disagree');
+    var verdict = g.agrees === null ? '' : (g.agrees ? ' (agrees with the final prediction)' : ' (final: ' + e.prediction + ')');
+    c.appendChild(el('div', {'class': cls}, 'predicts: ' + g.predicted + verdict));
+    return c;
+  }
+  function heat(v) {  // v in [-1, 1] -> the RdBu_r-like colour used by the PNG maps
+    var t = Math.max(-1, Math.min(1, v)), r, g, b;
+    if (t >= 0) { r = 255 - (255 - 178) * t; g = 255 - (255 - 24) * t; b = 255 - (255 - 43) * t; }
+    else { t = -t; r = 255 - (255 - 33) * t; g = 255 - (255 - 102) * t; b = 255 - (255 - 172) * t; }
+    return 'rgb(' + Math.round(r) + ',' + Math.round(g) + ',' + Math.round(b) + ')';
+  }
+  function mapFigure(e, title, m) {
+    var f = el('figure', {'class': m.scores ? 'map text' : 'map', 'data-method': title});
+    if (m.image) f.appendChild(el('img', {src: m.image, alt: title + ' map of example ' + e.id}));
+    if (m.scores && e.tokens) {
+      var p = el('div');
+      for (var i = 0; i < e.tokens.length; i++) {
+        var v = m.peak > 0 ? m.scores[i] / m.peak : 0;
+        var s = el('span', {'class': 'tok heat', title: fmt(m.scores[i])}, e.tokens[i]);
+        s.style.background = heat(v); s.style.color = Math.abs(v) > 0.7 ? '#fff' : '#000';
+        p.appendChild(s);
+      }
+      f.appendChild(p);
+    }
+    f.appendChild(el('figcaption', null, title + ' · max |score| ' + fmt(m.peak)));
+    return f;
+  }
+  function legend(text) {
+    var d = el('div', {'class': 'legend'});
+    d.appendChild(el('span', null, '−max (against)'));
+    d.appendChild(el('span', {'class': 'bar'}));
+    d.appendChild(el('span', null, '+max (for)'));
+    d.appendChild(el('div', {'class': 'muted'}, text + ' Red: supports the explained output; blue: opposes it; white: 0.'));
+    return d;
+  }
+  function show(i) {
+    var e = ex[i]; if (!e) return;
+    var btns = document.querySelectorAll('#thumbs button');
+    for (var b = 0; b < btns.length; b++) btns[b].classList.toggle('active', b === i);
+    var gp = document.getElementById('group-panel');
+    gp.textContent = '';
+    gp.setAttribute('data-example', String(e.id));
+    gp.appendChild(el('h3', null, 'Test item ' + e.id + ': label ' + e.label + '; SOP predicts ' + e.prediction +
+                                  '; groups weighted for ' + e.target));
+    var best = e.groups.filter(function (g) { return !g.zero_weight; });
+    var zero = e.groups.filter(function (g) { return g.zero_weight; });
+    gp.appendChild(el('h4', null, 'Groups with weight, best first (' + best.length + ')'));
+    var r1 = el('div', {'class': 'row best'}); best.forEach(function (g) { r1.appendChild(card(e, g)); }); gp.appendChild(r1);
+    gp.appendChild(el('h4', null, 'Zero-weight groups (' + zero.length + '): the selector ignores them'));
+    var r2 = el('div', {'class': 'row zero'}); zero.forEach(function (g) { r2.appendChild(card(e, g)); }); gp.appendChild(r2);
+    if (e.groups_figure) {
+      var d = el('details'); d.appendChild(el('summary', null, 'static figure of these groups (as saved to PNG/SVG)'));
+      d.appendChild(el('img', {src: e.groups_figure, alt: 'groups figure', style: 'max-width:100%'})); gp.appendChild(d);
+    }
+    var ap = document.getElementById('attribution-panel'); ap.textContent = '';
+    if (e.attribution) {
+      var row = el('div', {'class': 'row maps'});
+      row.appendChild(mapFigure(e, 'SOP (Σ over groups containing it of w·c·y; logit units)', e.attribution));
+      ap.appendChild(row);
+      ap.appendChild(legend('SOP attribution to ' + e.target + ' per ' + (e.tokens ? 'token' : 'pixel') +
+                            ': the sum of w·c·y over the groups that contain it.'));
+    }
+    var mp = document.getElementById('methods-panel'); mp.textContent = '';
+    var names = Object.keys(e.methods || {});
+    if (names.length) {
+      var mrow = el('div', {'class': 'row maps'});
+      if (!e.tokens && e.thumbnail) {
+        var f0 = el('figure', {'class': 'map'}); f0.appendChild(el('img', {src: e.thumbnail, alt: 'input'}));
+        f0.appendChild(el('figcaption', null, 'input')); mrow.appendChild(f0);
+      }
+      names.forEach(function (n) { mrow.appendChild(mapFigure(e, n, e.methods[n])); });
+      mp.appendChild(mrow);
+      mp.appendChild(legend('Post-hoc attributions to ' + e.target + ' on the same input; each map in its own units, ' +
+                            'scaled by its own largest |score| (shown as "max").'));
+    } else {
+      mp.appendChild(el('p', {'class': 'muted'}, 'No post-hoc methods in this report.'));
+    }
+    var errs = Object.keys(e.method_errors || {});
+    if (errs.length) {
+      var ul = el('ul', {'class': 'errors'});
+      errs.forEach(function (n) { ul.appendChild(el('li', null, n + ' failed: ' + e.method_errors[n])); });
+      mp.appendChild(ul);
+    }
+  }
+  var strip = document.getElementById('thumbs');
+  ex.forEach(function (e, i) {
+    var b = el('button', {type: 'button', 'data-index': String(i), title: 'test item ' + e.id + ' (label ' + e.label + ')'});
+    if (e.thumbnail) b.appendChild(el('img', {src: e.thumbnail, alt: 'test item ' + e.id}));
+    else b.appendChild(el('span', null, e.snippet || ('item ' + e.id)));
+    b.appendChild(el('div', null, '#' + e.id + ': ' + e.prediction));
+    b.addEventListener('click', function () { show(i); });
+    strip.appendChild(b);
+  });
+  if (ex.length) show(0);
+})();
+"""
+
+
+def _kv(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{_html.escape(str(k))} = {_html.escape(_cell(v))}" for k, v in d.items())
+
+
+def render_html(payload: Mapping[str, Any]) -> str:
+    """The report's HTML text for ``payload`` (see the module docstring for the schema)."""
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+    missing = [k for k in ("task", "examples") if k not in payload]
+    if missing:
+        raise ValueError(f"payload is missing {', '.join(missing)} (see sumofparts.report.html's schema)")
+    task = payload["task"]
+    esc = _html.escape
+    parts = [f"<h1>{esc(payload.get('title') or 'Sum-of-Parts report')}</h1>"]
+    bb = payload.get("backbone") or {}
+    parts.append(f'<p class="muted">Task <b>{esc(str(task.get("name")))}</b> ({esc(str(task.get("kind")))}, '
+                 f'{esc(str(task.get("modality")))}; {esc(str(task.get("n_test", "?")))} test items): '
+                 f'{esc(str(task.get("description") or ""))}. Outputs: '
+                 f'{esc(", ".join(map(str, task.get("output_names") or [])))}. Backbone: '
+                 f'<b>{esc(str(bb.get("name", "?")))}</b> ({esc(str(bb.get("family", "")))}), frozen.</p>')
+    if payload.get("sop_config"):
+        parts.append(f'<p class="muted">SOP configuration: {_kv(payload["sop_config"])}.</p>')
+    scores = payload.get("scores")
+    if scores:
+        parts.append(_table("Scores: backbone vs SOP (test split)", scores["columns"], scores["rows"], "scores"))
+    else:
+        parts.append('<p class="muted">No scores: the report was built without a results.json of <code>sop run'
+                     '</code>.</p>')
+    tables = payload.get("tables")
+    if tables:
+        for key in ("accuracy", "faithfulness"):
+            t = tables.get(key)
+            if t:
+                parts.append(_table(t["title"], t["columns"], t["rows"], key))
+        if tables.get("notes"):
+            parts.append('<details><summary>Why some cells are N/A</summary><ul>' +
+                         "".join(f"<li>{esc(str(n))}</li>" for n in tables["notes"]) + "</ul></details>")
+        if tables.get("curves_figure"):
+            parts.append('<figure><img alt="insertion and deletion curves" src="' + esc(tables["curves_figure"]) +
+                         '"><figcaption>Insertion: the top-k fraction of cells by attribution kept, the rest zeroed; '
+                         'deletion: the top-k removed. y: the probability of the class predicted on the full input '
+                         '(the output for regression), averaged over the evaluated items.</figcaption></figure>')
+        if tables.get("command"):
+            parts.append(f'<p class="muted">Tables from: <code>{esc(str(tables["command"]))}</code></p>')
+    else:
+        parts.append('<p class="muted">No evaluation tables: run <code>sop evaluate '
+                     f'{esc(str(task.get("name")))}</code> and rebuild the report.</p>')
+    parts.append("<h2>Explorer</h2>")
+    parts.append(f'<p class="muted">The first {len(payload["examples"])} test items. Click a thumbnail to see its '
+                 f'groups (explaining {esc(str(payload.get("explained", "the prediction")))}). Each group is what the '
+                 'frozen backbone saw (outside the group: set to 0, shown washed out in grey). <span style="color:'
+                 f'{F.AGREE_COLOR}">Blue</span>: the group predicts the same class as the final prediction; '
+                 f'<span style="color:{F.DISAGREE_COLOR}">red</span>: it does not. Weight w is the selector\'s '
+                 '(sparsemax, sums to 1 over groups); c is the group\'s scale; the prediction is Σ w·c·y.</p>')
+    parts.append('<nav id="thumbs" aria-label="examples"></nav>')
+    parts.append('<section id="group-panel" aria-live="polite"><noscript>The explorer needs JavaScript.</noscript>'
+                 '</section>')
+    parts.append('<h3>SOP attribution</h3><section id="attribution-panel"></section>')
+    parts.append('<h3>Post-hoc methods on the same input</h3><section id="methods-panel"></section>')
+    if payload.get("notes"):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(str(n))}</li>" for n in payload["notes"]) + "</ul>")
+    gen = payload.get("generated") or {}
+    parts.append(f'<p class="muted">Generated {esc(str(gen.get("time", "")))} by sumofparts '
+                 f'{esc(str(gen.get("version", "")))}' +
+                 (f'; command: <code>{esc(str(gen["command"]))}</code>' if gen.get("command") else "") + ".</p>")
+    blob = json.dumps(_clean(payload), ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+    css = _CSS % {"agree": F.AGREE_COLOR, "disagree": F.DISAGREE_COLOR}
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(payload.get('title') or 'Sum-of-Parts report')}</title><style>{css}</style></head><body>"
+            + "\n".join(parts)
+            + f'\n<script type="application/json" id="sop-data">{blob}</script>\n<script>{_JS}</script>\n'
+            "</body></html>\n")
+
+
+def build_report(payload: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the self-contained HTML report of ``payload`` to ``path`` (atomically); returns the path."""
+    text = render_html(payload)
+    return atomic_write_text(Path(path), text)
