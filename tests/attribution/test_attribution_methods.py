@@ -368,3 +368,17 @@ def test_lrp_passes_relevance_through_leaky_relu_and_removes_the_rule():
     assert not any(hasattr(m, "rule") for m in model.modules())
     with pytest.raises(NotImplementedError, match="LeakyReLU"):
         get_method("lrp", adapter, identity_activations=False).attribute(x, 1)
+
+
+def test_bagnet_fits_regression_targets_with_mse():
+    from torch.utils.data import TensorDataset
+
+    from sumofparts.attribution import BagNetModel
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 16, 16)
+    y = torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)  # two float targets
+    model = BagNetModel(1, 2, (16, 16), (4, 4), width=8, depth=1, seed=0)
+    before = torch.nn.functional.mse_loss(model(x), y).item()
+    model.fit(TensorDataset(x, y), steps=40, batch_size=16, progress=False)
+    assert torch.nn.functional.mse_loss(model(x), y).item() < before

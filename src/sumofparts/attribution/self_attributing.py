@@ -239,7 +239,8 @@ class BagNetModel(nn.Module):
 
     def fit(self, dataset: Dataset, steps: int = 500, *, batch_size: int = 64, lr: float = 2e-3,
             weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> "BagNetModel":
-        """Train with cross-entropy (AdamW) on ``(image, label)`` items for ``steps`` batches."""
+        """Train (AdamW) on ``(image, target)`` items for ``steps`` batches: cross-entropy for integer
+        class labels, mean squared error for float regression targets ``(T,)``."""
         g = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, drop_last=False)
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
@@ -252,7 +253,11 @@ class BagNetModel(nn.Module):
             except StopIteration:
                 it = iter(loader)
                 x, y = next(it)
-            loss = nn.functional.cross_entropy(self(x.to(device)), y.to(device).long())
+            out, y = self(x.to(device)), y.to(device)
+            if y.is_floating_point():
+                loss = nn.functional.mse_loss(out, y.view_as(out))
+            else:
+                loss = nn.functional.cross_entropy(out, y.long())
             opt.zero_grad()
             loss.backward()
             opt.step()
