@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="synthetic", help="task whose backbone is explained (synthetic | fashion)")
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of the methods (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -70,6 +71,8 @@ def main() -> None:
     print("| method | project (s) | plain Captum (s) | ratio |")
     print("|---|---|---|---|")
     for name, call in plain.items():
+        if args.methods and name not in args.methods:
+            continue
         method = get_method(name, adapter)
         t_project = timeit(lambda: method.attribute(x, target=target), args.repeats)
         t_captum = timeit(call, args.repeats)

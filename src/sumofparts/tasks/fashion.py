@@ -322,7 +322,7 @@ def backbone_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 #: training recipes (AdamW, linear warmup then cosine decay, best-validation checkpoint).
 TRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    "vit": dict(epochs=8, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_frac=0.05,
+    "vit": dict(epochs=30, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_frac=0.05,
                 label_smoothing=0.1, shift=2, flip=True, seed=0),
     "cnn": dict(epochs=12, batch_size=128, lr=3e-3, weight_decay=0.01, warmup_frac=0.05,
                 label_smoothing=0.0, shift=2, flip=True, seed=0),
