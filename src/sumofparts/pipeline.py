@@ -70,6 +70,13 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def _peak_memory_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed: int = 0,
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
@@ -134,10 +141,11 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
         results["report"] = str(path)
         results.setdefault("after", []).append(f"report: {path} (open it in a browser)")
     results["seconds"]["total"] = time.time() - t0
+    results["peak_memory_mib"] = _peak_memory_mib()
     atomic_write_json(out_dir / "results.json", results)
     md = (f"# {task_name}: backbone vs SOP\n\n{table}\n\n"
           f"Command: `{results['command']}`  \nSeed: {seed}; size: {size}; "
-          f"total time {results['seconds']['total']:.0f} s.\n")
+          f"total time {results['seconds']['total']:.0f} s; peak memory {results['peak_memory_mib']:.0f} MiB.\n")
     atomic_write_text(out_dir / "results.md", md)
     results["table"] = table
     return results
