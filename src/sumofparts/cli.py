@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = run_task(args.task, out, size=args.size, seed=args.seed, backbone=args.backbone,
                        cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=_overrides(args.sop_set),
                        resume=args.resume, progress=not args.no_progress,
-                       command="sop " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                       command="sop " + " ".join(shlex.quote(a) for a in args.argv),
                        eval_n=args.eval_n, eval_methods=args.methods, report=not args.no_report)
     print()
     print(results["table"])
@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: data, backbone, SOP training, evaluation, table")
     p.add_argument("task", nargs="?", default="cosmology", help="task name (default: %(default)s; see `sop tasks`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK)")
-    p.add_argument("--eval-n", type=int, default=100,
-                   help="test items for the evaluation tables (0: skip the evaluation; default: %(default)s)")
+    p.add_argument("--eval-n", type=int, default=None,
+                   help="test items for the evaluation tables (0: skip the evaluation; default: the task's, "
+                        "100 for most, 32 for sentiment)")
     p.add_argument("--methods", nargs="*", default=None,
                    help="attribution methods to evaluate (default: a fast set for the task's backbone)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -80,7 +80,7 @@ def _peak_memory_mib() -> float:
 def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed: int = 0,
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
-             command: str | None = None, eval_n: int = 100, eval_methods: list[str] | None = None,
+             command: str | None = None, eval_n: int | None = None, eval_methods: list[str] | None = None,
              report: bool = True) -> dict[str, Any]:
     """Prepare the data, load or train the backbone, train SOP, evaluate both, write the table.
 
@@ -124,6 +124,7 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
         "torch": torch.__version__, "data_meta": data.meta,
     }
     command = results["command"]
+    eval_n = task.eval_n if eval_n is None else eval_n
     if eval_n:
         from .evaluation import evaluate_task
 

@@ -63,6 +63,8 @@ class Task:
     sop_defaults: ClassVar[dict[str, Any]] = {}
     #: training defaults for this task (fields of ``TrainConfig``).
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: test items the evaluation of ``sop run`` uses by default.
+    eval_n: ClassVar[int] = 100
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
