@@ -133,8 +133,6 @@ def _init_distributed() -> str:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    import torch
-
     from .model import SumOfParts
     from .tasks import default_cache_dir, get_task
 

@@ -7,7 +7,6 @@ interrupted SOP training resumes with ``resume=True``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import sys
 import time

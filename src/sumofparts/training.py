@@ -17,7 +17,6 @@ writes one before stopping).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field

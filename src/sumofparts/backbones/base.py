@@ -20,7 +20,6 @@ eval mode whatever mode the surrounding module is put in.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator
 
 import torch
@@ -265,6 +264,3 @@ def check_image_batch(x: Any, channels: int, size: tuple[int, int]) -> None:
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else math.inf

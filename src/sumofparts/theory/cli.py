@@ -6,7 +6,6 @@ same command stand-alone.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Sequence
 
