@@ -13,20 +13,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
-import statistics
-import time
 
 import torch
 
-
-def timeit(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+from _timing import timeit
 
 
 def load(model_name: str):

@@ -11,10 +11,10 @@ about 31x one backbone forward on CPU for a small ViT at 224 px.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from _timing import timeit
 
 
 def build_vit(kind: str):
@@ -45,16 +45,6 @@ def build_vit(kind: str):
     return ViTForImageClassification(cfg).eval(), label
 
 
-def timeit(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -69,7 +59,7 @@ def main() -> None:
 
     print(f"threads={args.threads} batch={args.batch} G={args.groups} tau={args.tau} repeats={args.repeats} "
           f"(median times)")
-    print(f"| model | backbone forward (s) | SOP, masked pixels (s) | ratio | SOP, dropped patches (s) | ratio |")
+    print("| model | backbone forward (s) | SOP, masked pixels (s) | ratio | SOP, dropped patches (s) | ratio |")
     print("|---|---|---|---|---|---|")
     for kind in args.models:
         model, label = build_vit(kind)

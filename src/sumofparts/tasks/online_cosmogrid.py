@@ -146,48 +146,38 @@ def _not_found(what: str, repo: str, looked: list[str], why: str, env: str, extr
     return CosmoGridNotFound("\n".join(lines))
 
 
-def find_dataset_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
-    """The directory holding the dataset's parquet shards (see the module docs for the order)."""
+def _find_repo_dir(repo: str, kind: str, explicit: str | os.PathLike | None, env: str, expects: str,
+                   present, patterns: list[str], what: str, flag: str, download: bool) -> Path:
+    """Search ``explicit``, ``$env``, the Hugging Face cache, then (if allowed) download ``repo``."""
     looked: list[str] = []
-    candidates: list[Path] = []
-    for c in (data_dir, os.environ.get("SOP_COSMOGRID_DATA")):
-        if c:
-            candidates.append(Path(c).expanduser())
-    candidates += _cached_snapshots(DATASET_REPO, "dataset")
-    for c in candidates:
-        looked.append(f"{c} (expects data/{{train,validation,test}}-*.parquet)")
-        if _has_dataset(c):
+    candidates = [Path(c).expanduser() for c in (explicit, os.environ.get(env)) if c]
+    cached = _cached_snapshots(repo, kind)
+    for c in candidates + cached:
+        looked.append(f"{c} (expects {expects})")
+        if present(c):
             return c
-    if not _cached_snapshots(DATASET_REPO, "dataset"):
-        looked.append(f"{hf_hub_cache()}/datasets--{DATASET_REPO.replace('/', '--')} (Hugging Face cache)")
+    if not cached:
+        looked.append(f"{hf_hub_cache()}/{kind}s--{repo.replace('/', '--')} (Hugging Face cache)")
     why = ""
     if download:
-        got, why = _download(DATASET_REPO, "dataset", ["data/*.parquet", "README.md"])
-        if got is not None and _has_dataset(got):
+        got, why = _download(repo, kind, patterns)
+        if got is not None and present(got):
             return got
-    raise _not_found("data", DATASET_REPO, looked, why, "SOP_COSMOGRID_DATA", "--data-dir DIR")
+    raise _not_found(what, repo, looked, why, env, flag)
+
+
+def find_dataset_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The directory holding the dataset's parquet shards (see the module docs for the order)."""
+    return _find_repo_dir(DATASET_REPO, "dataset", data_dir, "SOP_COSMOGRID_DATA",
+                          "data/{train,validation,test}-*.parquet", _has_dataset, ["data/*.parquet", "README.md"],
+                          "data", "--data-dir DIR", download)
 
 
 def find_model_dir(model_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
     """The directory holding ``config.json`` and the weights of ``massmaps-conv``."""
-    looked: list[str] = []
-    candidates: list[Path] = []
-    for c in (model_dir, os.environ.get("SOP_COSMOGRID_MODEL")):
-        if c:
-            candidates.append(Path(c).expanduser())
-    candidates += _cached_snapshots(MODEL_REPO, "model")
-    for c in candidates:
-        looked.append(f"{c} (expects model.safetensors or pytorch_model.bin)")
-        if _has_model(c):
-            return c
-    if not _cached_snapshots(MODEL_REPO, "model"):
-        looked.append(f"{hf_hub_cache()}/models--{MODEL_REPO.replace('/', '--')} (Hugging Face cache)")
-    why = ""
-    if download:
-        got, why = _download(MODEL_REPO, "model", ["config.json", "*.safetensors", "*.bin"])
-        if got is not None and _has_model(got):
-            return got
-    raise _not_found("model", MODEL_REPO, looked, why, "SOP_COSMOGRID_MODEL", "--backbone DIR")
+    return _find_repo_dir(MODEL_REPO, "model", model_dir, "SOP_COSMOGRID_MODEL",
+                          "model.safetensors or pytorch_model.bin", _has_model,
+                          ["config.json", "*.safetensors", "*.bin"], "model", "--backbone DIR", download)
 
 
 def _nested_to_numpy(column) -> np.ndarray:
