@@ -6,7 +6,7 @@ from torch import nn
 
 from ..backbones.base import gaussian_kernel
 
-__all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau"]
+__all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau", "group_scale"]
 
 
 class GroupGenerator(nn.Module):
@@ -124,5 +124,12 @@ def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tu
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     masks = ranks < k[:, None, None]
-    scale = 2.0 * (probs * masks).sum(-1) - 1.0
-    return masks, scale
+    return masks, group_scale(probs, masks)
+
+
+def group_scale(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``c = Σ_kept a − Σ_rest a = 2·Σ_kept a − 1``: ``probs (B, G, N)``, ``masks (B, G, N)`` -> ``(B, G)``.
+
+    The only path by which the generator receives a gradient (the masks carry none).
+    """
+    return 2.0 * (probs * masks).sum(-1) - 1.0
