@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import gaussian_kernel
+from ..ops import cell_counts, top_cells
 
 __all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau", "group_scale"]
 
@@ -117,13 +118,8 @@ def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tu
     one). The mask carries no gradient; the scale ``c = Σ_top a − Σ_rest a = 2 Σ_top a − 1``
     does, and multiplies the group's logits.
     """
-    n_valid = valid.sum(-1)  # (B,)
-    k = torch.clamp(torch.floor(tau * n_valid.to(torch.float64) + 1e-9).to(torch.long), min=1)  # (B,)
-    scores = probs.detach().masked_fill(~valid[:, None, :], float("-inf"))
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    masks = ranks < k[:, None, None]
+    k = cell_counts(valid, tau)  # (B,)
+    masks = top_cells(probs, valid[:, None, :], k[:, None])
     return masks, group_scale(probs, masks)
 
 
