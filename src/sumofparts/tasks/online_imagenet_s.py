@@ -651,9 +651,9 @@ class ImageNetSTask(Task):
             "labels": "ImageNet-1k class of each image (not its ImageNet-S folder)",
             "imagenet1k_labels": audit,
         }
-        meta["data_hash"] = content_hash({"files": [str(p.relative_to(root)) for p in test.paths + val.paths + train.paths],
-                                          "labels": [int(v) for d in (test, val, train) for v in d.labels],
-                                          "size": size, "seed": seed})
+        meta["data_hash"] = content_hash({
+            "files": [str(p.relative_to(root)) for p in test.paths + val.paths + train.paths],
+            "labels": [int(v) for d in (test, val, train) for v in d.labels], "size": size, "seed": seed})
         return TaskData(name=self.name, kind="classification", train=train, val=val, test=test,
                         output_names=list(names), test_foreground=torch.from_numpy(fg), meta=meta)
 
