@@ -23,8 +23,8 @@ This is the real loader; nothing here is downloaded. It needs
   ``ViTForImageClassification.from_pretrained(..., attn_implementation="eager")``. With
   ``HF_HUB_OFFLINE=1`` only the local Hugging Face cache is used.
 
-* the ImageNet-1k order of the class folders (the model predicts 1000 ImageNet-1k classes, the
-  label of an image is the index of its folder's wnid): taken from, in this order, a
+* the ImageNet-1k class order (the model predicts 1000 ImageNet-1k classes; the label of an
+  image is the index of its ImageNet-1k wnid, see "Labels" below): taken from, in this order, a
   ``LOC_synset_mapping.txt`` / ``synsets.txt`` (one ``wnid [name]`` per line, in class-index
   order) in ``<root>`` or its variant folder, the file named by ``$IMAGENET_SYNSETS``, the 1000
   folders of ``train-full`` (sorted, the ImageNet-1k convention), or the model's ``id2label`` when
