@@ -279,7 +279,8 @@ class BackboneAdapter(nn.Module):
     def layer_positions(self, name: str) -> int:
         """How many position axes the layer's view has that lie on the input's cell layout:
         2 (an image grid), 1 (a token sequence) or 0 (none: e.g. a fully connected layer)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.family} adapter does not say where its layers' units lie "
+                                  "(implement layer_positions)")
 
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """A layer's output -> ``(B, K, *positions)`` (see :meth:`layer_view`). Default: unchanged."""
