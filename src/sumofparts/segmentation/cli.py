@@ -11,7 +11,7 @@ __all__ = ["register"]
 def _command_line(args: argparse.Namespace) -> str:
     parts = ["sop", "segment", "--n", str(args.n)]
     for flag, value, default in (("--methods", args.methods, None), ("--layer", args.layer, None),
-                                 ("--n-steps", args.n_steps, 50), ("--batch-size", args.batch_size, 16),
+                                 ("--n-steps", args.n_steps, None), ("--batch-size", args.batch_size, 16),
                                  ("--figures", args.figures, 4), ("--weights", args.weights, None),
                                  ("--out", args.out, None), ("--size", args.size, "default"), ("--seed", args.seed, 0),
                                  ("--cache-dir", args.cache_dir, None), ("--threads", args.threads, None)):
@@ -25,7 +25,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from ..tasks import default_cache_dir, get_task
-    from .attribution import DEFAULT_LAYER
+    from .attribution import DEFAULT_IG_STEPS, DEFAULT_LAYER
     from .study import run_segmentation
     from .unet import load_unet
 
@@ -33,8 +33,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.n_steps < 1 or args.batch_size < 1 or args.figures < 0:
-        raise ValueError(f"--n-steps and --batch-size must be >= 1 and --figures >= 0, got {args.n_steps}, "
+    n_steps = DEFAULT_IG_STEPS if args.n_steps is None else args.n_steps
+    if n_steps < 1 or args.batch_size < 1 or args.figures < 0:
+        raise ValueError(f"--n-steps and --batch-size must be >= 1 and --figures >= 0, got {n_steps}, "
                          f"{args.batch_size}, {args.figures}")
     model, info = load_unet(args.weights)
     layer = args.layer or DEFAULT_LAYER
@@ -52,7 +53,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     result = run_segmentation(model, images, labels, out, foreground=data.test_foreground,
                               class_names=["background", *data.output_names], n=args.n,
                               methods=args.methods or ["intgrad", "guided_backprop", "layer_gradcam"], layer=layer,
-                              n_steps=args.n_steps, batch_size=args.batch_size, seed=args.seed,
+                              n_steps=n_steps, batch_size=args.batch_size, seed=args.seed,
                               n_figures=args.figures, progress=not args.no_progress, command=_command_line(args),
                               unet_info=unet_info)
     print(result.markdown())
@@ -73,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="METHOD", help="intgrad, guided_backprop, layer_gradcam (default: all three)")
     p.add_argument("--layer", default=None, help="U-Net layer for Layer Grad-CAM (default: up1, the last "
                                                  "up-sampling)")
-    p.add_argument("--n-steps", type=int, default=50, help="Integrated Gradients steps (default: %(default)s)")
+    p.add_argument("--n-steps", type=int, default=None,
+                   help="Integrated Gradients steps (default: 256, see docs/segmentation.md)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     p.add_argument("--figures", type=int, default=4, help="examples drawn in the figure (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=None,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_json, atomic_write_text
-from .attribution import (DEFAULT_LAYER, SEGMENT_METHODS, SegmentSum, predicted_segments, random_maps,
+from .attribution import (DEFAULT_IG_STEPS, DEFAULT_LAYER, SEGMENT_METHODS, SegmentSum, predicted_segments, random_maps,
                           segment_attributions, segment_shares)
 
 __all__ = ["SegmentationResult", "run_segmentation", "COLUMNS", "METHOD_LABELS"]
@@ -118,7 +118,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def run_segmentation(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      out_dir: str | Path | None = None, *, foreground: torch.Tensor | None = None,
                      class_names: Sequence[str] | None = None, n: int = 64,
-                     methods: Sequence[str] = SEGMENT_METHODS, layer: str = DEFAULT_LAYER, n_steps: int = 50,
+                     methods: Sequence[str] = SEGMENT_METHODS, layer: str = DEFAULT_LAYER, n_steps: int = DEFAULT_IG_STEPS,
                      batch_size: int = 16, seed: int = 0, n_figures: int = 4, progress: bool = True,
                      command: str | None = None, unet_info: dict[str, Any] | None = None,
                      task: str = "fashion") -> SegmentationResult:
