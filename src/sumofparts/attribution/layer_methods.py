@@ -173,6 +173,8 @@ class LayerMethod(_InternalMethod):
 
     # -- the interface ------------------------------------------------------------------------------
     def _attribute(self, inputs: Inputs, target: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        """The layer map at the input's resolution (what ``attribute`` returns): ``(B, C, H, W)``
+        images (interpolated, every channel the same), ``(B, L)`` tokens."""
         m = self._map(inputs, target, **kwargs)
         if self.positions == 1:
             return m  # tokens: (B, L)
@@ -189,12 +191,6 @@ class LayerMethod(_InternalMethod):
             return m.to(torch.float32)
         cells = area_resample(m.to(torch.float64), self.adapter.cell_grid)
         return cells.reshape(cells.shape[0], -1).to(torch.float32)
-
-    def attribute(self, inputs: Inputs, target: Any = None, **kwargs: Any) -> torch.Tensor:
-        """The layer map at the input's resolution: ``(B, C, H, W)`` images (interpolated, every
-        channel the same), ``(B, L)`` tokens."""
-        t = self._prepare(inputs, target)
-        return self._attribute(inputs, t, **kwargs)
 
 
 class LayerIntegratedGradients(LayerMethod):
