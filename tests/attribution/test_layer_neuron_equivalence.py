@@ -159,8 +159,8 @@ def test_vit_layer_methods_equal_captum(vit_setup):
     model, adapter, x = vit_setup
     net, block = Logits(model), model.vit.layers[0]
     zero = torch.zeros_like(x)
-    # the default layer is the one entering the last block: layer.0 of 2
-    assert get_method("layer_activation", adapter).layer_name == "layer.0"
+    # the default layer is the one entering the last block: vit.layers.0 of 2
+    assert get_method("layer_activation", adapter).layer_name == "vit.layers.0"
     same(get_method("layer_activation", adapter).attribute_layer(x),
          patches_to_grid(ca.LayerActivation(net, block).attribute(x)))
     same(get_method("layer_gradxactivation", adapter).attribute_layer(x, TARGET),
@@ -172,7 +172,7 @@ def test_vit_layer_methods_equal_captum(vit_setup):
           ca.LayerIntegratedGradients(split, split.grid).attribute(x, baselines=zero, target=TARGET, n_steps=8))
     # the embeddings: the real hidden state 0
     hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
-    same(get_method("layer_activation", adapter, layer="embeddings").attribute_layer(x), patches_to_grid(hidden[0]))
+    same(get_method("layer_activation", adapter, layer="vit.embeddings").attribute_layer(x), patches_to_grid(hidden[0]))
 
 
 def test_vit_layer_gradcam_is_the_formula_on_the_patch_grid(vit_setup):
@@ -183,7 +183,7 @@ def test_vit_layer_gradcam_is_the_formula_on_the_patch_grid(vit_setup):
     grad, = torch.autograd.grad(logits.gather(1, TARGET.view(-1, 1)).sum(), h)
     acts, g = patches_to_grid(h.detach()), patches_to_grid(grad)  # (B, D, 4, 4)
     cam = torch.relu((g.mean((2, 3), keepdim=True) * acts).sum(1, keepdim=True))
-    method = get_method("layer_gradcam", adapter, layer="layer.0")
+    method = get_method("layer_gradcam", adapter, layer="vit.layers.0")
     close(method.attribute_layer(x, TARGET), cam)
     close(method.attribute_cells(x, TARGET), cam.reshape(2, 16))  # the patch grid is the cell grid
 
@@ -251,6 +251,12 @@ def test_bert_neuron_methods_equal_captum(bert_setup):
     same(get_method("neuron_conductance", adapter, neuron=unit, n_steps=8).attribute(x, 1),
          ca.NeuronConductance(net, block).attribute(e, neuron_selector=(3, 7), baselines=base, target=1,
                                                     additional_forward_args=extra, n_steps=8).sum(-1))
+    # the pooler: (B, D), a layer without positions; its units are indexed (k,)
+    same(get_method("neuron_gradient", adapter, layer="bert.pooler", neuron=(5,)).attribute(x, None),
+         ca.NeuronGradient(net, model.bert.pooler).attribute(e, neuron_selector=(5,),
+                                                             additional_forward_args=extra).abs().sum(-1))
+    with pytest.raises(ValueError, match="'bert.pooler' has no positions"):
+        get_method("layer_intgrad", adapter, layer="bert.pooler")
 
 
 # --- tabular: neurons of an MLP ----------------------------------------------------------------------
@@ -260,7 +266,7 @@ def test_tabular_neuron_methods_equal_captum():
     adapter = TabularAdapter(mlp, num_features=5)
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(3))
     zero = torch.zeros_like(x)
-    assert list(adapter.named_layers()) == ["0", "1", "2"]
+    assert list(adapter.named_layers()) == ["0", "1"]  # leaf modules but the classifier
     same(get_method("neuron_intgrad", adapter, layer="1", neuron=(6,), n_steps=8).attribute(x, 0),
          ca.NeuronIntegratedGradients(mlp, mlp[1]).attribute(x, neuron_selector=(6,), baselines=zero, n_steps=8))
     same(get_method("neuron_conductance", adapter, layer="0", neuron=(2,), n_steps=8).attribute(x, 2),

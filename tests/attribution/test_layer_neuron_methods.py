@@ -84,10 +84,10 @@ def test_layer_gradcam_at_the_default_layer_is_gradcam(cnn):
                        get_method("gradcam", adapter).attribute(x, t))
     vit = ViTAdapter(tiny_vit())
     xv = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(get_method("gradcam", vit, layer="layer.0").attribute(xv, t),
+    assert torch.equal(get_method("gradcam", vit, layer="vit.layers.0").attribute(xv, t),
                        get_method("gradcam", vit).attribute(xv, t))
     assert get_method("gradcam", vit, layer_index=0).layer_name({**get_method("gradcam", vit).options,
-                                                                 "layer_index": 0}) == "embeddings"
+                                                                 "layer_index": 0}) == "vit.embeddings"
     for block in vit.encoder_blocks():  # the view's hook is gone after each call
         assert not block._forward_hooks
     assert not vit.model.vit.embeddings._forward_hooks
@@ -108,7 +108,7 @@ def test_layer_activation_needs_no_target_and_neuron_conductance_needs_one(cnn):
 def test_text_layer_maps_are_per_token():
     adapter = BertAdapter(tiny_bert())
     x = text_batch(2)
-    m = get_method("layer_gradxactivation", adapter, layer="embeddings")
+    m = get_method("layer_gradxactivation", adapter, layer="bert.embeddings")
     assert m.attribute(x, 1).shape == (2, 12) and m.attribute_cells(x, 1).shape == (2, 12)
     assert m.attribute_layer(x, 1).shape == (2, 32, 12)  # (B, D, L)
 
@@ -116,24 +116,28 @@ def test_text_layer_maps_are_per_token():
 # --- names and errors ------------------------------------------------------------------------------
 def test_adapters_name_their_layers():
     cnn_adapter = CNNAdapter(tiny_cnn(), feature_layer="pool2", classifier="head", grid=(4, 4))
-    assert list(cnn_adapter.named_layers()) == ["conv1", "act1", "pool1", "conv2", "act2", "pool2", "fc", "act3",
-                                                "head"]
+    # leaf modules but the classifier, under the model's own names
+    assert list(cnn_adapter.named_layers()) == ["conv1", "act1", "pool1", "conv2", "act2", "pool2", "fc", "act3"]
     assert cnn_adapter.default_layer() == "pool2"
     assert cnn_adapter.layer_positions("conv1") == 2 and cnn_adapter.layer_positions("fc") == 0
     vit = ViTAdapter(tiny_vit())
-    assert list(vit.named_layers()) == ["embeddings", "layer.0", "layer.1"]
-    assert vit.default_layer() == "layer.0" and vit.layer_entering(0) == "embeddings"
+    assert list(vit.named_layers()) == ["vit.embeddings", "vit.layers.0", "vit.layers.1", "vit.layernorm"]
+    assert vit.default_layer() == "vit.layers.0" and vit.layer_entering(0) == "vit.embeddings"
+    assert vit.layer_positions("vit.layernorm") == 2
     bert = BertAdapter(tiny_bert())
-    assert list(bert.named_layers()) == ["embeddings", "layer.0", "layer.1"]
-    assert bert.layer("layer.1") is bert.model.bert.encoder.layer[1]
+    assert list(bert.named_layers()) == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1",
+                                         "bert.pooler"]
+    assert bert.layer("bert.encoder.layer.1") is bert.model.bert.encoder.layer[1]
+    assert bert.layer_positions("bert.pooler") == 0 and bert.layer_positions("bert.embeddings") == 1
 
 
 def test_unknown_layers_are_clear_errors(cnn):
     _, adapter, _ = cnn
     with pytest.raises(UnknownLayerError, match=r"unknown layer 'nope'.*expected one of: conv1, act1, pool1"):
         get_method("layer_intgrad", adapter, layer="nope")
-    with pytest.raises(UnknownLayerError, match=r"unknown layer 'layer.9'.*embeddings, layer.0, layer.1"):
-        get_method("neuron_gradient", ViTAdapter(tiny_vit()), layer="layer.9")
+    with pytest.raises(UnknownLayerError, match=r"unknown layer 'vit.layers.9'.*vit.embeddings, vit.layers.0, "
+                                                r"vit.layers.1, vit.layernorm"):
+        get_method("neuron_gradient", ViTAdapter(tiny_vit()), layer="vit.layers.9")
     with pytest.raises(UnknownLayerError, match="expected one of"):
         get_method("gradcam", adapter, layer="conv9").attribute(torch.zeros(1, 1, 16, 16), 0)
     with pytest.raises(ValueError, match="'fc' has no positions on the input"):
@@ -143,7 +147,7 @@ def test_unknown_layers_are_clear_errors(cnn):
     with pytest.raises(ValueError, match="interpolate_mode"):
         get_method("layer_gradcam", adapter, interpolate_mode="linear")
     tab = TabularAdapter(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), num_features=3)
-    with pytest.raises(UnknownLayerError, match="no default layer: name one of 0, 1, 2"):
+    with pytest.raises(UnknownLayerError, match="no default layer: name one of 0, 1$"):
         get_method("neuron_gradient", tab)
     with pytest.raises(NotImplementedError, match="tabular"):
         get_method("layer_intgrad", tab, layer="1")

@@ -252,11 +252,23 @@ class BackboneAdapter(nn.Module):
     token_inputs: bool = False
 
     def named_layers(self) -> dict[str, nn.Module]:
-        """The layers a user may name for layer and neuron attribution, in forward order.
+        """The backbone's layers a user may name, input side first: ``{dotted name: module}``.
 
-        Default: every named sub-module of the backbone under its own dotted name.
+        Names are those of ``self.model.named_modules()``. Default (CNN, tabular): every leaf
+        module but the classifier (its output is the logits) and dropout, in registration order;
+        the transformer adapters list their embeddings and blocks instead.
         """
-        return {name: module for name, module in self.model.named_modules() if name}
+        out: dict[str, nn.Module] = {}
+        for name, module in self.model.named_modules():
+            if (name and next(module.children(), None) is None and module is not self.classifier
+                    and not isinstance(module, nn.Dropout)):
+                out[name] = module
+        return out
+
+    def _names_of(self, modules: list[nn.Module | None]) -> dict[str, nn.Module]:
+        """``{dotted name in self.model: module}`` for modules of the backbone (by identity)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return {names[id(m)]: m for m in modules if m is not None}
 
     def layer(self, name: str) -> nn.Module:
         """The module called ``name``; an unknown name raises :class:`UnknownLayerError` listing the valid ones."""
@@ -363,14 +375,18 @@ def check_image_batch(x: Any, channels: int, size: tuple[int, int]) -> None:
 
 
 class EncoderLayers:
-    """Layer names of a transformer backbone (mixed into the ViT and BERT adapters).
+    """Layers of a transformer backbone (mixed into the ViT and BERT adapters).
 
-    ``embeddings`` (the embedding module's output) and ``layer.0`` ... ``layer.{n-1}`` (the
-    outputs of the n encoder blocks), every one ``(B, T, D)`` tokens. Subclasses implement
-    :meth:`embedding_module` and :meth:`encoder_blocks`. The default layer is the one whose
-    output *enters* the last block: after the last block only the CLS token reaches a ViT's
-    classifier, so a layer method there would give every patch 0.
+    The embedding module and every encoder block (and :meth:`final_token_layers`, e.g. a ViT's
+    final LayerNorm) output tokens ``(B, T, D)``, seen as ``(D, *positions)`` through a hook
+    (:meth:`layer_grid`); :meth:`pooled_layers` (e.g. BERT's pooler, ``(B, D)``) have no
+    positions. Names are the model's own dotted names. The default layer is the one whose output
+    *enters* the last block: after the last block only the CLS token reaches a ViT's classifier,
+    so a layer method there would give every patch 0.
     """
+
+    #: position axes of a token layer's view: 2 (a patch grid) or 1 (a token sequence)
+    token_positions: int = 1
 
     def embedding_module(self) -> nn.Module:
         raise NotImplementedError
@@ -378,20 +394,38 @@ class EncoderLayers:
     def encoder_blocks(self) -> nn.ModuleList:
         raise NotImplementedError
 
+    def final_token_layers(self) -> list[nn.Module]:
+        return []
+
+    def pooled_layers(self) -> list[nn.Module]:
+        return []
+
+    def _token_layers(self) -> dict[str, nn.Module]:
+        return self._names_of([self.embedding_module(), *self.encoder_blocks(), *self.final_token_layers()])
+
     def named_layers(self) -> dict[str, nn.Module]:
-        layers = {"embeddings": self.embedding_module()}
-        layers.update({f"layer.{i}": block for i, block in enumerate(self.encoder_blocks())})
-        return layers
+        return {**self._token_layers(), **self._names_of(self.pooled_layers())}
 
     def layer_entering(self, index: int) -> str:
-        n = len(self.encoder_blocks())
+        blocks = list(self.encoder_blocks())
+        n = len(blocks)
         if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
             raise ValueError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
         i = index % n
-        return "embeddings" if i == 0 else f"layer.{i - 1}"
+        module = self.embedding_module() if i == 0 else blocks[i - 1]
+        return next(iter(self._names_of([module])))
 
     def default_layer(self) -> str:
         return self.layer_entering(-1)
 
-    def layer_view(self, name: str):
-        return self._hooked_view(name)
+    def layer_positions(self, name: str) -> int:
+        self.layer(name)
+        return self.token_positions if name in self._token_layers() else 0
+
+    @contextlib.contextmanager
+    def layer_view(self, name: str) -> Iterator[nn.Module]:
+        if name in self._token_layers():
+            with self._hooked_view(name) as view:
+                yield view
+        else:
+            yield self.layer(name)

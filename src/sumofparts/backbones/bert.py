@@ -40,8 +40,9 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
     is replaced by a fixed embedding (the ``[MASK]`` token's word embedding) while the
     special tokens stay and padding stays out of attention.
 
-    Layers (layer and neuron attribution): ``embeddings`` and ``layer.0`` ... ``layer.{n-1}``,
-    each seen as ``(B, D, L)``: D units at each of the L token positions (the cells).
+    Layers (layer and neuron attribution): ``bert.embeddings``, ``bert.encoder.layer.0`` ...
+    (the model's own names), each seen as ``(B, D, L)``: D units at each of the L token positions
+    (the cells); and the pooler, ``(B, D)``, without positions.
 
     Args:
         model: e.g. ``BertForSequenceClassification`` (anything with ``base_model``,
@@ -153,9 +154,8 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             raise NotImplementedError(f"cannot find the encoder blocks of a {type(self.model).__name__}")
         return blocks
 
-    def layer_positions(self, name: str) -> int:
-        self.layer(name)
-        return 1
+    def pooled_layers(self) -> list[nn.Module]:
+        return [getattr(self.model.base_model, "pooler", None)]
 
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, L, D)`` -> ``(B, D, L)``."""

@@ -68,8 +68,8 @@ class CNNAdapter(BackboneAdapter):
             the model has it, else required.
         group_batch_size: largest number of masked images per backbone call.
 
-    Layers (layer and neuron attribution): every named module of the CNN, under its own
-    dotted name; a layer's output ``(B, K, h, w)`` is its view as it is (K channels on an
+    Layers (layer and neuron attribution): every leaf module of the CNN but the classifier and
+    dropout (and the feature layer), under its own dotted name; a layer's output ``(B, K, h, w)`` is its view as it is (K channels on an
     ``h×w`` grid), a ``(B, K)`` output has no positions. The default layer is ``feature_layer``.
     """
 
@@ -138,6 +138,14 @@ class CNNAdapter(BackboneAdapter):
         return upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
 
     # layers
+    def named_layers(self) -> dict[str, nn.Module]:
+        """Every leaf module but the classifier and dropout (see the base class), and the feature
+        layer even where it is a container."""
+        layers = super().named_layers()
+        if self.feature_layer not in layers:
+            layers = {self.feature_layer: dict(self.model.named_modules())[self.feature_layer], **layers}
+        return layers
+
     def default_layer(self) -> str:
         """The feature layer (the one whose output gives the generator's cells)."""
         return self.feature_layer

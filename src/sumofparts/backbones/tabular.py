@@ -97,7 +97,7 @@ class TabularAdapter(BackboneAdapter):
         B, G, d = masks.shape
         return (inputs.unsqueeze(1) * masks.to(inputs.dtype)).reshape(B * G, d)
 
-    # layers: every named module of the model (a neuron of any of them can be explained)
+    # layers: every leaf module but the classifier (a neuron of any of them can be explained)
     def layer_positions(self, name: str) -> int:
         """0: a hidden layer's units have no place among the input features."""
         self.layer(name)

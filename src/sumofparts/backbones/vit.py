@@ -48,10 +48,10 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     dropped patch does not exist. Masking pixels is the default, as in the paper; patch
     dropping costs about ``tau`` of a full pass.
 
-    Layers (layer and neuron attribution): ``embeddings`` and ``layer.0`` ... ``layer.{n-1}``,
-    each seen as the patch tokens on the cell grid, ``(B, D, h, w)``; the CLS token is not a
-    cell and is left out of the view (it keeps its value when a method replaces the layer's
-    patch tokens).
+    Layers (layer and neuron attribution): ``vit.embeddings``, ``vit.layers.0`` ...
+    ``vit.layers.{n-1}`` and ``vit.layernorm``, each seen as the patch tokens on the cell grid,
+    ``(B, D, h, w)``; the CLS token is not a cell and is left out of the view (it keeps its value
+    when a method replaces the layer's patch tokens).
 
     Args:
         model: a ``transformers.ViTForImageClassification``.
@@ -62,6 +62,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     """
 
     family = "vit"
+    token_positions = 2
 
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
                  group_batch_size: int = 256):
@@ -146,9 +147,8 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     def encoder_blocks(self) -> nn.ModuleList:
         return self.model.vit.layers
 
-    def layer_positions(self, name: str) -> int:
-        self.layer(name)
-        return 2
+    def final_token_layers(self) -> list[nn.Module]:
+        return [self.model.vit.layernorm]
 
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, 1 + N, D)`` -> the patch tokens on the cell grid ``(B, D, h, w)`` (CLS left out)."""
