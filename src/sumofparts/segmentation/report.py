@@ -76,7 +76,7 @@ def render_segmentation_section(section: Mapping[str, Any] | None) -> str:
              "steps from the zero image). A map with no preference for the segment puts the segment's area share of "
              "its mass inside it (concentration 1).</p>",
              f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>']
-    facts = [f"segments' mean IoU with the silhouette {_f(meta.get('segment_iou_mean'))}"]
+    facts = [f"Segments' mean IoU with the silhouette {_f(meta.get('segment_iou_mean'))}"]
     if test:
         facts.append(f"U-Net on {esc(str(test.get('n')))} test images: pixel accuracy {_f(test.get('pixel_accuracy'))}, "
                      f"mean IoU {_f(test.get('mean_iou'))}, foreground IoU {_f(test.get('foreground_iou'))}")
