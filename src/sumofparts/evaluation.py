@@ -637,7 +637,7 @@ def _mark_inapplicable(plan: dict[str, dict[str, Any]], accuracy_rows: list[dict
     not the output) and give the method's reason under the table instead of any other note."""
     columns = {"prediction": [metric, f"{metric}_std"], "fidelity": ["fidelity", "fidelity_std"],
                "insertion": ["insertion", "insertion_std", "insertion_raw"],
-               "deletion": ["deletion", "deletion_std", "deletion_raw"]}
+               "deletion": ["deletion", "deletion_std", "deletion_raw"], "infidelity": ["infidelity"]}
     for spec in plan.values():
         reasons = _inapplicable(spec)
         for table, label in ((accuracy_rows, spec.get("accuracy_row")), (faithfulness_rows, spec.get("faithfulness_row"))):

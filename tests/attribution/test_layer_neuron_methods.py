@@ -188,12 +188,14 @@ def test_evaluate_shows_inapplicable_metrics_as_na_with_the_reason(trained):
     from sumofparts.evaluation import evaluate_task
 
     tables = evaluate_task((trained.sop, trained.data), n=8, progress=False, batch_size=8, n_boot=20,
-                           methods=["layer_gradcam", "layer_activation", "neuron_gradient"])
+                           methods=["layer_gradcam", "layer_activation", "neuron_gradient"], robustness=True)
     cam, act, neuron = (tables.row("faithfulness", n) for n in ("layer_gradcam", "layer_activation",
                                                                "neuron_gradient"))
     assert cam["fidelity"] is not None and cam["insertion"] is not None
     assert act["fidelity"] is None and act["insertion"] is not None and act["deletion"] is not None
-    assert all(neuron[c] is None for c in ("fidelity", "insertion", "deletion", "insertion_raw", "deletion_raw"))
+    assert all(neuron[c] is None for c in ("fidelity", "insertion", "deletion", "insertion_raw", "deletion_raw",
+                                           "infidelity"))
+    assert cam["infidelity"] is not None and neuron["max_sensitivity"] is not None  # a map's own stability applies
     neuron_f = tables.row("accuracy", "neuron_gradient-F")
     assert neuron_f["error"] is None and neuron_f["purity"] is not None and neuron_f["iou"] is not None
     assert tables.row("accuracy", "layer_gradcam-F")["error"] is not None

@@ -243,7 +243,7 @@ class AttributionMethod:
         """Evaluation metrics that say nothing about this method's attributions, each with the reason.
 
         Keys: ``"prediction"`` (the error / MSE of the method's "-F" prediction),
-        ``"fidelity"``, ``"insertion"``, ``"deletion"``. ``sop evaluate`` shows those cells as
+        ``"fidelity"``, ``"insertion"``, ``"deletion"``, ``"infidelity"``. ``sop evaluate`` shows those cells as
         N/A with the reason under the table. Default: none (every metric applies).
         """
         return {}

@@ -302,7 +302,8 @@ class NeuronMethod(_InternalMethod):
                "{what} says nothing about it")
         return {"prediction": why.format(what="prediction from its top cells"),
                 "fidelity": why.format(what="match with the attribution's sum"),
-                "insertion": why.format(what="insertion curve"), "deletion": why.format(what="deletion curve")}
+                "insertion": why.format(what="insertion curve"), "deletion": why.format(what="deletion curve"),
+                "infidelity": why.format(what="change under perturbations")}
 
     def layer_units(self, inputs: Inputs) -> torch.Tensor:
         """The layer's view on ``inputs``: ``(B, K, *positions)`` (one forward pass, no gradient)."""
