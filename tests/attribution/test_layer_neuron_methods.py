@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from captum import attr as ca
 from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 from torch import nn
 
@@ -86,8 +85,8 @@ def test_layer_gradcam_at_the_default_layer_is_gradcam(cnn):
     xv = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(get_method("gradcam", vit, layer="vit.layers.0").attribute(xv, t),
                        get_method("gradcam", vit).attribute(xv, t))
-    assert get_method("gradcam", vit, layer_index=0).layer_name({**get_method("gradcam", vit).options,
-                                                                 "layer_index": 0}) == "vit.embeddings"
+    assert get_method("gradcam", vit, layer_index=0).layer_name() == "vit.embeddings"
+    assert get_method("gradcam", vit, layer_index=-1).layer_name() == "vit.layers.0"
     for block in vit.encoder_blocks():  # the view's hook is gone after each call
         assert not block._forward_hooks
     assert not vit.model.vit.embeddings._forward_hooks
