@@ -13,6 +13,7 @@ __all__ = ["main", "build_parser"]
 
 #: modules that add subcommands with a ``register(subparsers)`` function
 _PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli"]
+_PLUGINS += ["sumofparts.segmentation.cli"]
 
 
 def _threads(n: int | None) -> None:
