@@ -101,9 +101,10 @@ def test_vit_modes_and_text_models_are_fine_tuned_through_their_adapter():
     vit = ViTAdapter(tiny_vit())
     x = torch.randn(64, 1, 16, 16)
     ds = TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
-    cfg = RobustConfig(epochs=1, batch_size=16, eval_items=32, seed=0)
+    cfg = RobustConfig(epochs=1, batch_size=16, eval_items=32, eval_groups=4, ensemble_size=2, seed=0)
     res = robust_finetune(vit, ds, ds, cfg, progress=False)
-    assert set(res.after["val"]) == {"whole", "groups/zero", "groups/drop"}
+    assert set(res.after["val"]) == {"whole", "groups/zero", "groups/drop", "mean of 4 groups/zero",
+                                     "mean of 4 groups/drop"}
     with pytest.raises(ValueError, match="masking mode 'drop' is not available"):
         robust_finetune(CNNAdapter(BarsCNN(), feature_layer="pool2", classifier="head", grid=(4, 4)),
                         ds, ds, RobustConfig(modes=("drop",)), progress=False)
@@ -119,7 +120,8 @@ def test_vit_modes_and_text_models_are_fine_tuned_through_their_adapter():
         def __getitem__(self, i):
             return items[i]
 
-    res = robust_finetune(bert, Items(), Items(), RobustConfig(epochs=1, batch_size=6, seed=0), progress=False)
+    res = robust_finetune(bert, Items(), Items(), RobustConfig(epochs=1, batch_size=6, eval_groups=1, seed=0),
+                          progress=False)
     assert set(res.after["val"]) == {"whole", "groups/zero"} and res.after["val"]["whole"]["n"] == 24
 
 
@@ -130,3 +132,39 @@ def test_robust_config_rejects_bad_values_with_the_field_name():
             RobustConfig(**bad)
     with pytest.raises(ValueError, match="unknown RobustConfig keys"):
         RobustConfig.from_dict({"epoch": 3})
+
+
+def test_the_loss_on_a_mean_of_groups_undoes_the_shrinkage_that_single_groups_learn():
+    """Regression from a quarter of a noisy image: trained group by group, each group's prediction is
+    the conditional mean, shrunk towards the prior, and averaging groups keeps the shrinkage; trained
+    on the mean of K groups, the groups' average is nearly unbiased (slope near 1) and more accurate."""
+    g = torch.Generator().manual_seed(0)
+    n = 1600
+    y = torch.rand(n, 1, generator=g) * 2 - 1
+    x = y.view(n, 1, 1, 1) + 3.0 * torch.randn(n, 1, 16, 16, generator=g)
+    train, val = TensorDataset(x[:1200], y[:1200]), TensorDataset(x[1200:], y[1200:])
+    start = BarsCNN(num_classes=1)
+    opt = torch.optim.Adam(start.parameters(), lr=3e-3)
+    for _ in range(150):  # a whole-input regressor
+        loss = torch.nn.functional.mse_loss(start(train.tensors[0]), train.tensors[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def slope_and_mse(K: int) -> tuple[float, float]:
+        model = BarsCNN(num_classes=1)
+        model.load_state_dict(start.state_dict())
+        adapter = CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(4, 4))
+        robust_finetune(adapter, train, val, RobustConfig(epochs=4, batch_size=40, lr=2e-3, tau=0.25, group_fraction=1.0,
+                                                          ensemble_size=K, full_fraction=0.0, eval_groups=1, seed=0),
+                        task="regression", progress=False)
+        with torch.no_grad():
+            pred = masked_predictor(adapter, 0.25, None, seed=5, groups=8)(val.tensors[0])
+        t = val.tensors[1]
+        slope = float(((pred - pred.mean()) * (t - t.mean())).sum() / ((t - t.mean()) ** 2).sum())
+        return slope, float(((pred - t) ** 2).mean())
+
+    slope1, mse1 = slope_and_mse(1)
+    slope8, mse8 = slope_and_mse(8)
+    assert slope1 < 0.75 and slope8 > slope1 + 0.12  # measured 0.70 and 0.89
+    assert mse8 < mse1
