@@ -31,7 +31,12 @@ def test_sop_train_resume_and_explain(tmp_path, capsys):
     common = ["--task", "synthetic", "--size", "small", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
               "--threads", "1", "--out", str(ck)]
     assert main(["train", *common, "--steps", "6", "--train-set", "eval_every=3"]) == 0
-    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume"]) == 0
+    # more steps change the learning-rate schedule: refused unless allowed explicitly, saying what differs
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume"]) == 2
+    assert "train steps: 6 -> 9" in capsys.readouterr().err
+    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume",
+                 "--allow-config-change"]) == 0
     state = json.loads((ck / "last" / "trainer_state.json").read_text())
     assert state["step"] == 9
     capsys.readouterr()

@@ -80,12 +80,13 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
              command: str | None = None, eval_n: int | None = None, eval_methods: list[str] | None = None,
-             report: bool = True) -> dict[str, Any]:
+             report: bool = True, allow_config_change: bool = False) -> dict[str, Any]:
     """Prepare the data, load or train the backbone, train SOP, evaluate both, write the table.
 
     Writes ``out_dir/sop/`` (checkpoints), ``out_dir/results.json`` and ``out_dir/results.md``,
     the evaluation tables (``out_dir/evaluation/``, unless ``eval_n`` is 0) and the HTML report
-    (unless ``report`` is False), and returns the results dict.
+    (unless ``report`` is False), and returns the results dict. ``allow_config_change``: with
+    ``resume``, continue a run whose saved configuration differs (see :func:`~sumofparts.training.train`).
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -95,7 +96,8 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
                           sop_overrides=sop_overrides, progress=progress)
     t_data = time.time() - t0
     tcfg = TrainConfig.from_dict({**task.train_defaults, "seed": seed, **(train_overrides or {})})
-    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress)
+    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress,
+                   allow_config_change=allow_config_change)
     kind = data.kind
     back = evaluate_model(lambda x: sop.backbone(x), data.test, task=kind, progress=progress,
                           desc="evaluate backbone")

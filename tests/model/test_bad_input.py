@@ -8,6 +8,7 @@ import torch
 from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 
 from sumofparts import SOPConfig, SumOfParts
+from sumofparts.errors import ConfigError
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_nan_and_inf_inputs(sop):
 
 @pytest.mark.parametrize("tau", [0.0, -0.1, 1.5, float("nan")])
 def test_tau_outside_unit_interval(tau):
-    with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"tau must be a finite number in \(0, 1\]"):
         SOPConfig(tau=tau)
 
 
