@@ -20,6 +20,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
+
 from .errors import ConfigError
 
 __all__ = ["Field", "check_value", "check_fields", "MISSING"]
@@ -131,7 +133,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_
+    return isinstance(value, (bool, np.bool_))
 
 
 def _number(value: Any, spec: Field, kind: type, what: str) -> int | float:

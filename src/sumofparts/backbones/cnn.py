@@ -17,7 +17,7 @@ __all__ = ["CNNAdapter", "CNN_SPEC_FIELDS"]
 
 def _input_size(shape: list[int]) -> str | None:
     c, h, w = shape
-    return None if c * h * w <= 2**25 else "hold at most 2**25 values (C*H*W)"
+    return None if c * h * w <= 2**22 else "hold at most 2**22 values (C*H*W)"
 
 
 #: the entries of a CNN adapter's spec, checked before anything is built
@@ -30,7 +30,7 @@ CNN_SPEC_FIELDS: dict[str, Field] = {
     "feature_layer": Field(str),
     "classifier": Field(str),
     "grid": Field(list, item=int, length=2, min=1, max=4096),
-    "input_shape": Field(list, item=int, length=3, min=1, max=16_384, check=_input_size),
+    "input_shape": Field(list, item=int, length=3, min=1, max=4096, check=_input_size),
     "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
 }
 

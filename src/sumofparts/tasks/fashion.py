@@ -253,7 +253,7 @@ def build_vit(config: dict[str, Any]) -> nn.Module:
 
 @register_backbone("fashion-cnn", {"num_classes": Field(int, min=1, max=100_000),
                                    "in_channels": Field(int, min=1, max=64),
-                                   "channels": Field(list, item=int, length=4, min=1, max=2048),
+                                   "channels": Field(list, item=int, length=4, min=1, max=1024),
                                    "dropout": Field(float, min=0, max=1)})
 class FashionCNN(nn.Module):
     """A small CNN for 32×32 one-channel images; every layer is its own named module.
