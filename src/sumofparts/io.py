@@ -44,6 +44,7 @@ __all__ = [
     "read_json",
     "content_hash",
     "file_digest",
+    "tensor_metadata",
     "directory_lock",
     "check_writable",
 ]
@@ -332,6 +333,21 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own SafetensorError (and others) for bad files
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+                               "it may be truncated or corrupt") from exc
+
+
+def tensor_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"expected a safetensors file at {path}, found nothing there")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
         raise CorruptFileError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
                                "it may be truncated or corrupt") from exc
 

@@ -173,3 +173,13 @@ def test_text_models_check_num_groups_against_the_candidates():
                                    num_heads=2)
     with pytest.raises(ConfigError, match="num_groups=30 is more than the 24 candidate groups"):
         sop(text_batch(L=12))
+
+
+def test_adapter_arguments_are_typed_and_unknown_ones_named():
+    with pytest.raises(ConfigError, match=r"grid must be a list of 2 integers >= 1, got '44'"):
+        SumOfParts.from_backbone(tiny_cnn(), adapter="cnn", feature_layer="pool2", grid="44", num_groups=4)
+    with pytest.raises(ConfigError, match="drop_patches must be a boolean"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", drop_patches="no", num_groups=4)
+    with pytest.raises(ConfigError, match=r"unknown arguments \['num_group'\]: neither SOPConfig fields .* nor "
+                                          r"arguments of ViTAdapter \(drop_patches, generator_layer"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_group=4)

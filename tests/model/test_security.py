@@ -373,3 +373,14 @@ def test_the_package_imports_no_module_named_at_run_time_and_unpickles_nothing()
         values = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
                   and any(getattr(t, "id", None) == const for t in n.targets)]
         assert values and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in values[0].elts)
+
+
+def test_a_bagnet_file_cannot_ask_for_any_size(tmp_path):
+    from sumofparts.attribution.self_attributing import BagNetModel
+
+    model = BagNetModel(1, 3, (16, 16), (4, 4), width=8, depth=1)
+    path = model.save(tmp_path / "bagnet.safetensors")
+    assert BagNetModel.load(path).init_kwargs == model.init_kwargs
+    save_tensors(path, load_tensors(path), metadata={"bagnet": json.dumps({**model.init_kwargs, "width": 10**7})})
+    with pytest.raises(ConfigError, match=r"width must be an integer in \[1, 4096\]"):
+        BagNetModel.load(path)

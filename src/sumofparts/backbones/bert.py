@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError, InputTypeError
-from ..validation import Field, check_fields
+from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, describe
 from .registry import HF_ENCODER_FIELDS, HFModelSchema, build_hf_model, encoder_parameters
 
@@ -118,9 +118,9 @@ class BertAdapter(BackboneAdapter):
         else:
             special, mask_id = set(_BERT_SPECIAL), _BERT_MASK
         if special_token_ids is not None:
-            special = set(int(i) for i in special_token_ids)
+            special = set(check_value("special_token_ids", special_token_ids, Field(list, item=int, min=0)))
         if mask_token_id is not None:
-            mask_id = int(mask_token_id)
+            mask_id = check_value("mask_token_id", mask_token_id, Field(int, min=0))
         if mask_id is None:
             raise ConfigError("no mask token: pass mask_token_id= (the id whose embedding replaces masked tokens)")
         self.special_token_ids = sorted(special)

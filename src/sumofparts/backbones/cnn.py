@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputTypeError, UnsafeCheckpointError
-from ..validation import Field, check_fields
+from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, check_image_batch, describe, upsample_nearest
 from .registry import LEGACY_FACTORIES, build_backbone, pass_backbone_hint, registered_name
 
@@ -114,7 +114,9 @@ class CNNAdapter(BackboneAdapter):
             input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
             raise ConfigError("input_shape (channels, H, W) is required: the model has no .input_shape attribute")
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = tuple(check_value("input_shape", input_shape, Field(list, item=int, length=3, min=1)))
+        if grid is not None:
+            grid = tuple(check_value("grid", grid, Field(list, item=int, length=2, min=1)))
         self.feature_layer = feature_layer
         self.classifier_name = classifier
         # probe the feature map once to learn its size and depth

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputTypeError
-from ..validation import Field, check_fields
+from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, check_image_batch, upsample_nearest
 from .registry import HF_ENCODER_FIELDS, HFModelSchema, _ACTIVATIONS, build_hf_model, encoder_parameters
 
@@ -128,7 +128,7 @@ class ViTAdapter(BackboneAdapter):
                               f"pixels belong to no patch and the masks are misaligned); got image size "
                               f"{self.image_size} and patch size {self.patch_size}")
         self.cell_grid = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-        self.drop_patches = bool(drop_patches)
+        self.drop_patches = check_value("drop_patches", drop_patches, Field(bool))
         n_layers = len(model.vit.layers)
         if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
                 not (-n_layers <= generator_layer < 0):

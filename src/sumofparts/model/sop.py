@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,9 +70,17 @@ class SumOfParts(nn.Module):
             if adapter not in ADAPTERS:
                 raise ConfigError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)} "
                                   "or a BackboneAdapter instance")
-            adapter = ADAPTERS[adapter](model, **adapter_kwargs)
+            adapter_cls = ADAPTERS[adapter]
+            accepted = [n for n, p in inspect.signature(adapter_cls.__init__).parameters.items()
+                        if p.kind == p.KEYWORD_ONLY]
+            unknown = sorted(k for k in adapter_kwargs if k not in accepted)
+            if unknown:
+                raise ConfigError(f"unknown arguments {unknown}: neither SOPConfig fields ({', '.join(sorted(fields))}) "
+                                  f"nor arguments of {adapter_cls.__name__} ({', '.join(accepted)})")
+            adapter = adapter_cls(model, **adapter_kwargs)
         elif adapter_kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(adapter_kwargs)}")
+            raise ConfigError(f"unknown arguments {sorted(adapter_kwargs)}: with an adapter instance, only SOPConfig "
+                              f"fields may be passed ({', '.join(sorted(fields))})")
         return cls(adapter, config)
 
     # -- the model ----------------------------------------------------------------------------
