@@ -108,15 +108,21 @@ def test_readers_always_find_a_complete_directory_while_it_is_republished(tmp_pa
 
 
 def test_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from sumofparts.io import _writer_id
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
+    host = _writer_id().split("-")[1]
     path = tmp_path / "ck"
     path.mkdir()
-    for name in (f".ck.{dead}.abc123.tmp", f".ck.old-{dead}", f".ck.{os.getpid()}.live.tmp", ".other.1.x.tmp"):
+    keep = [f".ck.{_writer_id()}.live.tmp",  # this process: alive
+            f".ck.{dead}-0000beef.abc.tmp", f".ck.old-{dead}-0000beef",  # another host: never judged
+            ".other.1-00000000.x.tmp"]  # another directory's
+    for name in (f".ck.{dead}-{host}.abc123.tmp", f".ck.old-{dead}-{host}", *keep):
         (tmp_path / name).mkdir()
     with atomic_directory(path) as tmp:
         atomic_write_json(tmp / "config.json", {"version": 1})
-    assert hidden(tmp_path) == [f".ck.{os.getpid()}.live.tmp", ".other.1.x.tmp"]
+    assert hidden(tmp_path) == sorted(keep)
 
 
 def test_a_failed_body_leaves_the_old_directory_untouched(tmp_path):

@@ -8,8 +8,8 @@ Weights are safetensors; nothing is ever unpickled.
 
 A directory is published by an atomic *exchange* of the new and the old directory
 (``renameat2(RENAME_EXCHANGE)`` on Linux), so at every instant the path holds a
-complete old or new copy; leftovers of killed writers (``.NAME.PID.*.tmp``,
-``.NAME.old-PID``) are removed by the next writer. :func:`directory_lock` keeps two
+complete old or new copy; leftovers of killed writers of this host (``.NAME.PID-HOST.*.tmp``,
+``.NAME.old-PID-HOST``) are removed by the next writer. :func:`directory_lock` keeps two
 processes from writing into one output directory.
 """
 from __future__ import annotations
@@ -149,38 +149,55 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _writer_id() -> str:
+    """``PID-HOST``: names this process among the writers of a directory that file systems may share."""
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{os.getpid()}-{host}"
+
+
+def _writer_dead(writer: str) -> bool:
+    """A writer id of this host whose process no longer exists (other hosts' writers are never judged)."""
+    pid, _, host = writer.partition("-")
+    if host != _writer_id().partition("-")[2] or not pid.isdigit():
         return False
-    except PermissionError:
+    pid_n = int(pid)
+    if pid_n == os.getpid():
+        return False
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _leftovers(path: Path) -> tuple[list[Path], list[Path]]:
-    """The temporary (``.NAME.PID.*.tmp``) and old (``.NAME.old-PID``) siblings of ``path`` left by dead writers."""
+    """The temporary (``.NAME.PID-HOST.*.tmp``) and old (``.NAME.old-PID-HOST``) siblings of ``path``
+    left by writers of this host that are gone."""
     name = re.escape(path.name)
-    tmp_re = re.compile(rf"^\.{name}\.(?:(\d+)\.)?[^/]*\.tmp$")
-    old_re = re.compile(rf"^\.{name}\.old-(\d+)$")
+    tmp_re = re.compile(rf"^\.{name}\.(?:(\d+-[0-9a-f]{{8}})\.)?[^/]*\.tmp$")
+    old_re = re.compile(rf"^\.{name}\.old-(\d+(?:-[0-9a-f]{{8}})?)$")
     tmps, olds = [], []
     if not path.parent.is_dir():
         return tmps, olds
     for entry in path.parent.iterdir():
         m = tmp_re.match(entry.name)
         if m and entry.is_dir():
-            pid = m.group(1)
-            # a temporary directory without a PID was written by sumofparts 0.1: stale after an hour
-            if (pid is not None and not _pid_alive(int(pid))) or (
-                    pid is None and time.time() - entry.stat().st_mtime > 3600):
+            writer = m.group(1)
+            # without a writer id it was written by sumofparts 0.1: stale after an hour
+            if (writer is not None and _writer_dead(writer)) or (
+                    writer is None and time.time() - entry.stat().st_mtime > 3600):
                 tmps.append(entry)
             continue
         m = old_re.match(entry.name)
-        if m and entry.is_dir() and not _pid_alive(int(m.group(1))):
-            olds.append(entry)
+        if m and entry.is_dir():
+            writer = m.group(1)
+            if ("-" in writer and _writer_dead(writer)) or (
+                    "-" not in writer and time.time() - entry.stat().st_mtime > 3600):
+                olds.append(entry)
     return tmps, olds
 
 
@@ -188,9 +205,10 @@ def recover_directory(path: str | os.PathLike) -> None:
     """Make ``path`` whole again after a writer was killed mid-publish, and remove its leftovers.
 
     Only needed where the file system cannot exchange directories (then publishing takes
-    two renames): if ``path`` is missing but a complete previous copy (``.NAME.old-PID``
+    two renames): if ``path`` is missing but a complete previous copy (``.NAME.old-PID-HOST``
     of a dead process) exists, it is moved back. Leftover temporary directories of dead
-    writers are deleted.
+    writers are deleted. Only writers of this host are judged (a PID means nothing on
+    another machine sharing the file system); unmarked leftovers of 0.1 after an hour.
     """
     path = Path(path)
     tmps, olds = _leftovers(path)
@@ -219,7 +237,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_writer_id()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -240,7 +258,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    old = path.parent / f".{path.name}.old-{_writer_id()}"
     if old.exists():
         shutil.rmtree(old)
     os.replace(path, old)
