@@ -142,6 +142,9 @@ def test_bad_files_name_themselves(tmp_path):
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(CorruptFileError, match="bad.json is not valid JSON"):
         read_json(tmp_path / "bad.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptFileError, match="deep.json is not JSON this reader accepts: it nests too deeply"):
+        read_json(tmp_path / "deep.json")
     save_tensors(tmp_path / "t.safetensors", {"a": torch.arange(100.0)})
     blob = (tmp_path / "t.safetensors").read_bytes()
     assert file_digest(tmp_path / "t.safetensors") == __import__("hashlib").sha256(blob).hexdigest()

@@ -119,6 +119,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise CorruptFileError(f"{path} is not JSON this reader accepts: it nests too deeply") from None
 
 
 # --------------------------------------------------------------------------- directories

@@ -40,4 +40,9 @@ def adapter_from_spec(spec: Any, model: nn.Module | None = None, *, where: str =
     family = spec.get("family")
     if not isinstance(family, str) or family not in ADAPTERS:
         raise ConfigError(f"{where}unknown adapter family {family!r}; expected one of {', '.join(ADAPTERS)}")
-    return ADAPTERS[family].from_spec(spec, model, where=where)
+    try:
+        return ADAPTERS[family].from_spec(spec, model, where=where)
+    except ConfigError as exc:  # the adapter's own checks: say which file they concern
+        if where and not str(exc).startswith(where):
+            raise type(exc)(f"{where}backbone: {exc}") from None
+        raise

@@ -235,6 +235,6 @@ class BertAdapter(BackboneAdapter):
         config, or ``model``."""
         s = check_fields(spec, BERT_SPEC_FIELDS, where=f"{where}backbone.", require=True)
         if model is None:
-            model = build_hf_model(s["model_class"], s["hf_config"], BERT_MODELS, where=f"{where}backbone.")
+            model = build_hf_model(s["model_class"], s["hf_config"], BERT_MODELS, where=where)
         return cls(model, special_token_ids=s["special_token_ids"], mask_token_id=s["mask_token_id"],
                    generator_layer=s["generator_layer"], group_batch_size=s["group_batch_size"])

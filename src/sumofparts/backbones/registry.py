@@ -228,34 +228,34 @@ def build_hf_model(model_class: Any, hf_config: Any, allowed: Mapping[str, HFMod
     """Build an allow-listed Hugging Face model from a checked config (eager attention)."""
     if not isinstance(model_class, str) or model_class not in allowed:
         raise UnsafeCheckpointError(
-            f"{where}the model class {model_class!r} is not one this adapter builds from a checkpoint "
+            f"{where}backbone.model_class {model_class!r} is not one this adapter builds from a checkpoint "
             f"(allowed: {', '.join(sorted(allowed))}); refusing to build it. " + pass_backbone_hint())
     schema = allowed[model_class]
     if not isinstance(hf_config, Mapping):
-        raise ConfigError(f"{where}hf_config must be a JSON object, got {type(hf_config).__name__}")
+        raise ConfigError(f"{where}backbone.hf_config must be a JSON object, got {type(hf_config).__name__}")
     data = dict(hf_config)
     model_type = data.pop("model_type", None)
     if model_type != schema.model_type:
-        raise UnsafeCheckpointError(f"{where}hf_config.model_type must be {schema.model_type!r} for "
+        raise UnsafeCheckpointError(f"{where}backbone.hf_config.model_type must be {schema.model_type!r} for "
                                     f"{model_class}, got {model_type!r}")
     unknown = sorted(str(k) for k in data if k not in schema.fields and k not in HF_INERT_KEYS)
     if unknown:
         raise UnsafeCheckpointError(
-            f"{where}hf_config has keys that {model_class} is not checked for: {unknown}; refusing to build it "
+            f"{where}backbone.hf_config has keys that {model_class} is not checked for: {unknown}; refusing to build it "
             "(a key this loader does not know might change the model). " + pass_backbone_hint())
     checked = check_fields({k: v for k, v in data.items() if k in schema.fields}, schema.fields,
-                           where=f"{where}hf_config.", require=True)
+                           where=f"{where}backbone.hf_config.", require=True)
     if "num_labels" in checked and checked["num_labels"] != len(checked["id2label"]):
-        raise ConfigError(f"{where}hf_config.num_labels ({checked['num_labels']}) disagrees with id2label "
+        raise ConfigError(f"{where}backbone.hf_config.num_labels ({checked['num_labels']}) disagrees with id2label "
                           f"({len(checked['id2label'])} classes)")
     checked.pop("num_labels", None)
     problem = schema.check(checked)
     if problem:
-        raise ConfigError(f"{where}hf_config: {problem}")
+        raise ConfigError(f"{where}backbone.hf_config: {problem}")
     n = schema.parameters(checked)
     if n > MAX_BACKBONE_PARAMETERS:
         raise UnsafeCheckpointError(
-            f"{where}hf_config describes a {model_class} of about {n:.3g} parameters, more than the "
+            f"{where}backbone.hf_config describes a {model_class} of about {n:.3g} parameters, more than the "
             f"{MAX_BACKBONE_PARAMETERS:.0e} a checkpoint may ask to build. " + pass_backbone_hint("the model"))
     checked["id2label"] = {int(k): v for k, v in checked["id2label"].items()}
     model_cls, config_cls = schema.load()

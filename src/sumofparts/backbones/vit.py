@@ -206,6 +206,6 @@ class ViTAdapter(BackboneAdapter):
         config, or ``model``."""
         s = check_fields(spec, VIT_SPEC_FIELDS, where=f"{where}backbone.", require=True)
         if model is None:
-            model = build_hf_model(s["model_class"], s["hf_config"], VIT_MODELS, where=f"{where}backbone.")
+            model = build_hf_model(s["model_class"], s["hf_config"], VIT_MODELS, where=where)
         return cls(model, drop_patches=s["drop_patches"], generator_layer=s["generator_layer"],
                    group_batch_size=s["group_batch_size"])
