@@ -565,23 +565,19 @@ def _config_differences(saved_sop: dict[str, Any], sop: SOPConfig, saved_train: 
                         cfg: TrainConfig) -> list[str]:
     """``name: saved -> now`` for every setting that differs between a saved run and this one.
 
-    SOP config fields are compared as saved (the backbone spec without version metadata);
-    TrainConfig fields in :data:`RESUME_INERT_FIELDS` are ignored, and a field the saved
-    run did not record is compared with its default.
+    SOP config fields are compared as saved (the backbone spec as its adapter compares it:
+    without version metadata, in the current layout); TrainConfig fields in
+    :data:`RESUME_INERT_FIELDS` are ignored, and a field the saved run did not record is
+    compared with its default.
     """
-    from .backbones.registry import HF_INERT_KEYS
-
-    def clean(spec: Any) -> Any:
-        if isinstance(spec, dict) and isinstance(spec.get("hf_config"), dict):
-            spec = {**spec, "hf_config": {k: v for k, v in spec["hf_config"].items() if k not in HF_INERT_KEYS}}
-        return spec
+    from .backbones import canonical_spec
 
     diffs = []
     now_sop = sop.to_dict()
     for name, value in now_sop.items():
         old = saved_sop.get(name)
         if name == "backbone":
-            if clean(old) != clean(value):
+            if canonical_spec(old) != canonical_spec(value):
                 diffs.append("SOP backbone spec (the adapter or the backbone's configuration)")
         elif old != value:
             diffs.append(f"SOP {name}: {old!r} -> {value!r}")

@@ -227,3 +227,22 @@ def test_float_class_targets_are_refused_not_truncated(bars, tmp_path):
         train(fresh_sop(task, model), floats, data.val, small_cfg(), tmp_path, progress=False,
               on_step=lambda s, loss: steps.append(s))
     assert steps == []
+
+
+def test_a_run_saved_in_the_0_1_layout_resumes_without_the_flag(bars, six_steps):
+    """A checkpoint written before format_version and registered names is the same configuration."""
+    task, data, model = bars
+    path = six_steps / "last" / "config.json"
+    cfg = json.loads(path.read_text())
+    b = cfg["backbone"]
+    b["factory"], b["factory_kwargs"] = "sumofparts.tasks.synthetic:BarsCNN", b.pop("architecture_kwargs")
+    del b["architecture"], b["class_name"], cfg["format_version"]
+    path.write_text(json.dumps(cfg))
+    train(fresh_sop(task, model), data.train, data.val, small_cfg(steps=6, checkpoint_every=3), six_steps,
+          resume=True, progress=False)
+    # ... while another backbone is a difference
+    b["factory_kwargs"] = {"num_classes": 5}
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ResumeError, match="SOP backbone spec"):
+        train(fresh_sop(task, model), data.train, data.val, small_cfg(steps=6), six_steps, resume=True,
+              progress=False)

@@ -20,7 +20,7 @@ from .vit import ViTAdapter
 
 __all__ = ["BackboneAdapter", "BertAdapter", "CNNAdapter", "ViTAdapter", "TabularAdapter", "IdentityHead",
            "adapter_from_spec", "ADAPTERS", "register_backbone", "registered_name", "build_backbone", "BACKBONES",
-           "MAX_BACKBONE_PARAMETERS"]
+           "MAX_BACKBONE_PARAMETERS", "canonical_spec"]
 
 #: adapter classes by family name (the ``family`` entry of a spec)
 ADAPTERS: dict[str, type[BackboneAdapter]] = {"vit": ViTAdapter, "cnn": CNNAdapter, "bert": BertAdapter,
@@ -46,3 +46,10 @@ def adapter_from_spec(spec: Any, model: nn.Module | None = None, *, where: str =
         if where and not str(exc).startswith(where):
             raise type(exc)(f"{where}backbone: {exc}") from None
         raise
+
+
+def canonical_spec(spec: Any) -> Any:
+    """``spec`` as its adapter class compares it (see :meth:`BackboneAdapter.canonical_spec`)."""
+    if isinstance(spec, dict) and spec.get("family") in ADAPTERS:
+        return ADAPTERS[spec["family"]].canonical_spec(spec)
+    return spec

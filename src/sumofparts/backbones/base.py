@@ -246,6 +246,12 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` without what changes no computation (version metadata), in the current layout:
+        two specs that build the same backbone compare equal (used to compare a resumed run's)."""
+        return dict(spec)
+
+    @classmethod
     def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *,
                   where: str = "") -> "BackboneAdapter":
         """Rebuild the adapter from :meth:`spec` (weights are loaded separately).

@@ -181,6 +181,11 @@ class CNNAdapter(BackboneAdapter):
         }
 
     @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """The 0.1 layout (``factory``) in the current one, for comparisons."""
+        return _upgrade_legacy_spec(spec, True, "")
+
+    @classmethod
     def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "CNNAdapter":
         """Rebuild from :meth:`spec`: the registered CNN class (checked arguments) or ``model``.
 

@@ -43,6 +43,7 @@ __all__ = [
     "HF_INERT_KEYS",
     "MAX_BACKBONE_PARAMETERS",
     "pass_backbone_hint",
+    "without_inert_keys",
 ]
 
 #: the largest backbone (in parameters) that a checkpoint may ask to build: 1e9 float32
@@ -199,6 +200,13 @@ HF_INERT_KEYS = frozenset({
     "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
     "begin_suppress_tokens",
 })
+
+
+def without_inert_keys(hf_config: Any) -> Any:
+    """A Hugging Face config dict without the keys of :data:`HF_INERT_KEYS`."""
+    if not isinstance(hf_config, Mapping):
+        return hf_config
+    return {k: v for k, v in hf_config.items() if k not in HF_INERT_KEYS}
 
 
 @dataclass(frozen=True)

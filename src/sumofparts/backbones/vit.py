@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigError, InputTypeError
 from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, check_image_batch, upsample_nearest
-from .registry import HF_ENCODER_FIELDS, HFModelSchema, _ACTIVATIONS, build_hf_model, encoder_parameters
+from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, _ACTIVATIONS, build_hf_model, encoder_parameters
 
 __all__ = ["ViTAdapter", "VIT_SPEC_FIELDS", "VIT_MODELS"]
 
@@ -199,6 +199,10 @@ class ViTAdapter(BackboneAdapter):
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,
         }
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**spec, "hf_config": without_inert_keys(spec.get("hf_config"))}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "ViTAdapter":
