@@ -38,6 +38,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from . import metrics as M
+from .errors import ConfigError, MissingFileError
 from .io import atomic_write_json, atomic_write_text
 from .model import SumOfParts
 from .tasks import TaskData, default_cache_dir, get_task
@@ -219,7 +220,7 @@ def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None
     spec = get_task(task)
     ckpt = Path(checkpoint) if checkpoint is not None else Path("sop-runs") / task / "sop" / "best"
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"no SOP checkpoint at {ckpt}: train one first with `sop run {task}` "
+        raise MissingFileError(f"no SOP checkpoint at {ckpt}: train one first with `sop run {task}` "
                                 "(or pass --checkpoint DIR)")
     sop = SumOfParts.from_pretrained(ckpt)
     data = spec.load_data(Path(cache_dir or default_cache_dir()), size=size, seed=seed, progress=progress)
@@ -293,7 +294,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
     metric = "mse" if kind == "regression" else "error"
     n = min(int(n), len(data.test))
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     names = resolve_methods(methods, adapter)
     options = {k.lower(): dict(v) for k, v in (method_options or {}).items()}
     if "bagnet" in names and "model" not in options.get("bagnet", {}):

@@ -5,6 +5,9 @@ import argparse
 import shlex
 from pathlib import Path
 
+from .cli_types import NONNEGATIVE_INT, POSITIVE_INT
+from .errors import ConfigError
+
 __all__ = ["register"]
 
 
@@ -16,7 +19,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
     checkpoint = args.checkpoint or Path("sop-runs") / args.task / "sop" / "best"
     out = args.out or Path("sop-runs") / args.task / "evaluation"
     command = _command_line(args)
@@ -62,18 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to evaluate (e.g. sop gradcam lime fresh; 'all' for every one; default: a fast "
                         "set per family)")
-    p.add_argument("--n", type=int, default=100, help="number of test items, the first N (default: %(default)s)")
+    p.add_argument("--n", type=POSITIVE_INT, default=100, help="number of test items, the first N (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="SOP checkpoint directory (default: sop-runs/TASK/sop/best, as written by `sop run`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/evaluation)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, the methods' sampling and the bootstrap "
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the data, the methods' sampling and the bootstrap "
                                                        "(default: %(default)s)")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10, help="insertion/deletion steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="examples per batch (default: %(default)s)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=10, help="insertion/deletion steps (default: %(default)s)")
     p.add_argument("--robustness", action="store_true",
                    help="also compute infidelity and max-sensitivity of the post-hoc methods (first batch)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_evaluate)

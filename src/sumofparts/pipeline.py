@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
 from .tasks import TaskData, default_cache_dir, get_task
@@ -43,7 +44,7 @@ def build_sop(task_name: str, *, cache_dir: Path | None = None, size: str = "def
 def train_target_mean(data: TaskData) -> list[float]:
     """The mean of the training targets, one value per output (regression tasks)."""
     if data.kind != "regression":
-        raise ValueError(f"base_value='train_mean' needs a regression task; {data.name!r} is {data.kind}")
+        raise ConfigError(f"base_value='train_mean' needs a regression task; {data.name!r} is {data.kind}")
     targets = getattr(data.train, "targets", None)
     if targets is None:
         targets = torch.stack([torch.as_tensor(data.train[i][1]) for i in range(len(data.train))])
@@ -94,12 +95,13 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
              command: str | None = None, eval_n: int | None = None, eval_methods: list[str] | None = None,
-             report: bool = True) -> dict[str, Any]:
+             report: bool = True, allow_config_change: bool = False) -> dict[str, Any]:
     """Prepare the data, load or train the backbone, train SOP, evaluate both, write the table.
 
     Writes ``out_dir/sop/`` (checkpoints), ``out_dir/results.json`` and ``out_dir/results.md``,
     the evaluation tables (``out_dir/evaluation/``, unless ``eval_n`` is 0) and the HTML report
-    (unless ``report`` is False), and returns the results dict.
+    (unless ``report`` is False), and returns the results dict. ``allow_config_change``: with
+    ``resume``, continue a run whose saved configuration differs (see :func:`~sumofparts.training.train`).
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -109,7 +111,8 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
                           sop_overrides=sop_overrides, progress=progress)
     t_data = time.time() - t0
     tcfg = TrainConfig.from_dict({**task.train_defaults, "seed": seed, **(train_overrides or {})})
-    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress)
+    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress,
+                   allow_config_change=allow_config_change)
     kind = data.kind
     back = evaluate_model(lambda x: sop.backbone(x), data.test, task=kind, progress=progress,
                           desc="evaluate backbone")

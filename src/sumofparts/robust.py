@@ -44,7 +44,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,10 +53,34 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .backbones.base import BackboneAdapter
+from .errors import ConfigError, InputError
 from .ops import cell_counts, random_cell_masks
 from .training import _to, evaluate_model, iterate_batches
+from .validation import Field, check_value
 
-__all__ = ["RobustConfig", "RobustResult", "robust_finetune", "masked_predictor", "score_backbone"]
+__all__ = ["RobustConfig", "ROBUST_CONFIG_FIELDS", "RobustResult", "robust_finetune", "masked_predictor",
+           "score_backbone"]
+
+
+#: one row per RobustConfig field: its type and range (the API, ``--set`` of ``sop robust-finetune``)
+ROBUST_CONFIG_FIELDS: dict[str, Field] = {
+    "epochs": Field(int, min=1, max=100_000),
+    "batch_size": Field(int, min=1, max=1_000_000),
+    "lr": Field(float, gt=0, max=10),
+    "weight_decay": Field(float, min=0, max=100),
+    "warmup_frac": Field(float, min=0, max=1),
+    "tau": Field(float, gt=0, max=1),
+    "group_fraction": Field(float, min=0, max=1),
+    "keep_range": Field(list, item=float, length=2, gt=0, max=1),
+    "full_fraction": Field(float, min=0, max=1),
+    "distill_weight": Field(float, min=0, max=1e6),
+    "ensemble_size": Field(int, min=1, max=4096),
+    "eval_groups": Field(int, min=1, max=4096),
+    "modes": Field(list, item=str, optional=True, max_length=8),
+    "max_grad_norm": Field(float, min=0, max=1e6),
+    "eval_items": Field(int, min=0, max=10**9),
+    "seed": Field(int, min=0, max=2**63 - 1),
+}
 
 
 @dataclass
@@ -99,23 +123,12 @@ class RobustConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "ensemble_size", "eval_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, lo, hi in (("tau", 0.0, 1.0), ("group_fraction", 0.0, 1.0), ("full_fraction", 0.0, 1.0),
-                             ("warmup_frac", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (lo <= float(value) <= hi) or (name == "tau" and value == 0):
-                raise ValueError(f"{name} must be a number in {'(' if name == 'tau' else '['}{lo}, {hi}], got {value!r}")
-        for name in ("lr", "weight_decay", "distill_weight", "max_grad_norm"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        for f in fields(self):
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), ROBUST_CONFIG_FIELDS[f.name]))
         lo, hi = self.keep_range
-        if not (0.0 < lo <= hi <= 1.0):
-            raise ValueError(f"keep_range must satisfy 0 < low <= high <= 1, got {self.keep_range!r}")
-        self.keep_range = (float(lo), float(hi))
+        if not lo <= hi:
+            raise ConfigError(f"keep_range must be [low, high] with low <= high, got {self.keep_range!r}")
+        self.keep_range = (lo, hi)
         if self.modes is not None:
             self.modes = tuple(self.modes)
 
@@ -124,13 +137,11 @@ class RobustConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RobustConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a dict of RobustConfig fields, got {type(data).__name__}")
+        unknown = sorted(str(k) for k in data if k not in ROBUST_CONFIG_FIELDS)
         if unknown:
-            raise ValueError(f"unknown RobustConfig keys {unknown}; expected some of {sorted(known)}")
-        data = dict(data)
-        if "keep_range" in data:
-            data["keep_range"] = tuple(data["keep_range"])
+            raise ConfigError(f"unknown RobustConfig keys {unknown}; expected some of {sorted(ROBUST_CONFIG_FIELDS)}")
         return cls(**data)
 
 
@@ -198,7 +209,7 @@ def _parameters(model: nn.Module, trainable: Sequence[str] | None) -> list[tuple
     wanted = set(trainable)
     unknown = sorted(wanted - {n for n, _ in named})
     if unknown:
-        raise ValueError(f"trainable names {unknown[:3]} are not parameters of the backbone "
+        raise ConfigError(f"trainable names {unknown[:3]} are not parameters of the backbone "
                          f"(it has e.g. {', '.join(n for n, _ in named[:3])})")
     return [(n, p) for n, p in named if n in wanted]
 
@@ -226,7 +237,7 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
     """
     cfg = config or RobustConfig()
     if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
     modes = tuple(cfg.modes) if cfg.modes else tuple(adapter.masking_modes)
     for mode in modes:
         adapter.check_masking_mode(mode)
@@ -246,7 +257,7 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
     named = _parameters(model, trainable)
     params = [p for _, p in named]
     if not params:
-        raise ValueError("nothing to train: the backbone has no (selected) parameters")
+        raise ConfigError("nothing to train: the backbone has no (selected) parameters")
     for p in params:
         p.requires_grad_(True)
 
@@ -256,7 +267,7 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"the training set has {len(train)} items, fewer than one batch of {cfg.batch_size}")
+        raise InputError(f"the training set has {len(train)} items, fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_frac * total))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -65,11 +65,12 @@ def run_robust_finetune(task_name: str, *, source: str | None, out: Path, overri
 def _cmd(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import _overrides
+    from .cli_types import parse_overrides
+    from .robust import ROBUST_CONFIG_FIELDS
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    over = _overrides(args.set)
+    over = parse_overrides(args.set, ROBUST_CONFIG_FIELDS, "--set")
     if args.epochs is not None:
         over["epochs"] = args.epochs
     out = args.out or Path("sop-runs") / args.task / "robust-backbone.safetensors"
@@ -82,6 +83,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .cli_types import NONNEGATIVE_INT, POSITIVE_INT
+
     p = sub.add_parser("robust-finetune",
                        help="fine-tune a task's backbone on random groups of cells (robust to SOP's masking)")
     p.add_argument("task", help="task name (see `sop tasks`)")
@@ -90,12 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or the task's own name for one (default: the task's default backbone)")
     p.add_argument("--out", type=Path, default=None,
                    help="weights file to write (default: sop-runs/TASK/robust-backbone.safetensors)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the task's)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="epochs (default: the task's)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override RobustConfig fields, e.g. lr=1e-4")
     p.add_argument("--size", default="default")
-    p.add_argument("--seed", type=int, default=0, help="data split seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="data split seed (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=POSITIVE_INT, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..backbones.base import BackboneAdapter
+from ..errors import ConfigError
 from .base import AttributionMethod, GroupedResult, check_target, top_tau_cells
 from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, CaptumMethod, Deconvolution, DeepLift,
                              EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
@@ -85,12 +86,12 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
             tau = options.pop("tau", 0.2)
             return FConversion(POST_HOC_METHODS[base](adapter, **options), tau=tau)
         if base in SELF_ATTRIBUTING_METHODS:
-            raise ValueError(f"{base!r} is already self-attributing; '-f' applies to the post-hoc methods "
+            raise ConfigError(f"{base!r} is already self-attributing; '-f' applies to the post-hoc methods "
                              f"({', '.join(POST_HOC_METHODS)})")
     else:
         factory = POST_HOC_METHODS.get(key) or SELF_ATTRIBUTING_METHODS.get(key)
     if factory is None:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(available_methods())}")
+        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(available_methods())}")
     if key == "sop":
         return SOPMethod(adapter, **options)
     if adapter is None:

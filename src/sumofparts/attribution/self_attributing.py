@@ -24,7 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..backbones.base import BackboneAdapter, Inputs
+from ..backbones.registry import register_backbone
+from ..errors import CheckpointError
 from ..io import load_tensors, save_tensors
+from ..validation import Field
 from .base import AttributionMethod, GroupedResult, Target, top_tau_cells
 
 __all__ = ["SOPMethod", "FRESH", "FConversion", "BagNetModel", "BagNetMethod"]
@@ -175,6 +178,12 @@ class SOPMethod(AttributionMethod):
 # -------------------------------------------------------------------------------------------------
 # BagNet
 # -------------------------------------------------------------------------------------------------
+@register_backbone("bagnet", {"in_channels": Field(int, min=1, max=64),
+                              "num_classes": Field(int, min=1, max=100_000),
+                              "image_size": Field(list, item=int, length=2, min=1, max=4096),
+                              "grid": Field(list, item=int, length=2, min=1, max=4096),
+                              "width": Field(int, min=1, max=4096), "depth": Field(int, min=1, max=64),
+                              "seed": Field(int, min=0, max=2**63 - 1, required=False)})
 class BagNetModel(nn.Module):
     """A bag-of-local-features classifier: ``logits(x) = mean over patches of f(patch)``.
 
@@ -272,13 +281,19 @@ class BagNetModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "BagNetModel":
-        from safetensors import safe_open
+        """Rebuild from :meth:`save`'s file: the arguments in its metadata are checked against the
+        registered schema (``bagnet``) before anything is built."""
+        from ..backbones.registry import build_backbone
+        from ..io import tensor_metadata
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("bagnet")
+        meta = tensor_metadata(path).get("bagnet")
         if meta is None:
-            raise ValueError(f"{path} is not a BagNet checkpoint (no 'bagnet' metadata)")
-        model = cls(**json.loads(meta))
+            raise CheckpointError(f"{path} is not a BagNet checkpoint (no 'bagnet' metadata)")
+        try:
+            kwargs = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: the BagNet metadata is not valid JSON ({exc})") from None
+        model = build_backbone("bagnet", kwargs, where=f"{path}: ")
         model.load_state_dict(load_tensors(path))
         return model.eval()
 

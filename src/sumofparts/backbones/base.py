@@ -33,7 +33,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "LayerView", "UnknownLayerError", "describe"]
+from ..errors import ConfigError, InputError, InputTypeError
+
+__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "LayerView", "UnknownLayerError", "describe",
+           "check_image_batch"]
 
 #: an image tensor (B, C, H, W) or a dict of text tensors {"input_ids": (B, L), "attention_mask": (B, L)}
 Inputs = Any
@@ -99,9 +102,9 @@ class BackboneAdapter(nn.Module):
     def __init__(self, model: nn.Module, classifier: nn.Linear, group_batch_size: int = 256):
         super().__init__()
         if not isinstance(classifier, nn.Linear):
-            raise TypeError(f"the classifier must be an nn.Linear, got {type(classifier).__name__}")
-        if group_batch_size < 1:
-            raise ValueError(f"group_batch_size must be >= 1, got {group_batch_size}")
+            raise InputTypeError(f"the classifier must be an nn.Linear, got {type(classifier).__name__}")
+        if isinstance(group_batch_size, bool) or not isinstance(group_batch_size, int) or group_batch_size < 1:
+            raise ConfigError(f"group_batch_size must be an integer >= 1, got {group_batch_size!r}")
         self.model = model
         self.classifier = classifier
         self.group_batch_size = int(group_batch_size)
@@ -122,6 +125,17 @@ class BackboneAdapter(nn.Module):
     def num_cells(self, inputs: Inputs) -> int:
         raise NotImplementedError
 
+    @property
+    def max_cells(self) -> int | None:
+        """The largest number of cells an input can have (``None``: no bound known).
+
+        Images: the cell grid's size; sequences: the position table's length. SumOfParts
+        checks ``num_groups`` against it when it is built.
+        """
+        if self.cell_grid is not None:
+            return int(self.cell_grid[0] * self.cell_grid[1])
+        return None
+
     def valid_cells(self, inputs: Inputs) -> torch.Tensor:
         """``(B, N)`` bool: cells that may be part of a group. All of them by default."""
         return torch.ones(self.batch_size(inputs), self.num_cells(inputs), dtype=torch.bool,
@@ -131,7 +145,7 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def validate(self, inputs: Inputs) -> None:
-        """Raise ``ValueError``/``TypeError`` naming what was expected and what came."""
+        """Raise :class:`~sumofparts.errors.InputError` naming what was expected and what came."""
         raise NotImplementedError
 
     def to_device(self, inputs: Inputs, device: torch.device | str) -> Inputs:
@@ -167,6 +181,11 @@ class BackboneAdapter(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.classifier.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's floating-point dtype (its classifier's): inputs must come in it."""
+        return self.classifier.weight.dtype
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """The plain backbone: logits ``(B, C)``."""
@@ -206,7 +225,7 @@ class BackboneAdapter(nn.Module):
         if mode is None:
             return self.masking_mode
         if mode not in self.masking_modes:
-            raise ValueError(f"masking mode {mode!r} is not available for this backbone; expected one of "
+            raise ConfigError(f"masking mode {mode!r} is not available for this backbone; expected one of "
                              f"{', '.join(self.masking_modes)}")
         return mode
 
@@ -354,7 +373,24 @@ class BackboneAdapter(nn.Module):
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        """A JSON description from which :func:`sumofparts.backbones.adapter_from_spec` rebuilds it."""
+        """A JSON description from which :meth:`from_spec` rebuilds it."""
+        raise NotImplementedError
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` without what changes no computation (version metadata), in the current layout:
+        two specs that build the same backbone compare equal (used to compare a resumed run's)."""
+        return dict(spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *,
+                  where: str = "") -> "BackboneAdapter":
+        """Rebuild the adapter from :meth:`spec` (weights are loaded separately).
+
+        ``model``: the backbone to wrap; ``None`` builds an untrained one, but only what
+        :mod:`sumofparts.backbones.registry` allows. Every spec entry is checked against the
+        adapter's declared table first. ``where`` prefixes messages (the file).
+        """
         raise NotImplementedError
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
@@ -380,19 +416,31 @@ def upsample_nearest(masks: torch.Tensor, grid: tuple[int, int], size: tuple[int
     return up.reshape(B, G, *size) > 0.5
 
 
-def check_image_batch(x: Any, channels: int, size: tuple[int, int]) -> None:
+def check_image_batch(x: Any, channels: int, size: tuple[int, int], dtype: torch.dtype | None = None) -> None:
+    """Check an image batch ``(B, channels, H, W)``: type, shape, non-empty, dtype, finite values.
+
+    ``dtype``: the backbone's floating-point dtype; another floating dtype (float16,
+    bfloat16, float64 for a float32 backbone) is refused rather than cast silently, with a
+    message saying how to convert it.
+    """
+    expected = f"(B, {channels}, {size[0]}, {size[1]})"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected an image tensor of shape (B, {channels}, {size[0]}, {size[1]}), got {describe(x)}")
+        raise InputTypeError(f"expected an image tensor of shape {expected}, got {describe(x)}")
     if x.ndim != 4 or x.shape[1] != channels or tuple(x.shape[2:]) != tuple(size):
-        raise ValueError(
-            f"expected an image batch of shape (B, {channels}, {size[0]}, {size[1]}), got {describe(x)}"
+        raise InputError(
+            f"expected an image batch of shape {expected}, got {describe(x)}"
             + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else "")
         )
+    if x.shape[0] == 0:
+        raise InputError(f"expected at least one image, got an empty batch: {describe(x)}")
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+        raise InputTypeError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(f"expected images of the backbone's dtype {dtype}, got dtype {x.dtype}; "
+                         f"convert them first, e.g. x.to({dtype})")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
+        raise InputError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
 
 
 

@@ -7,9 +7,60 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError, InputTypeError
+from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, EncoderLayers, check_image_batch, describe, upsample_nearest
+from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, _ACTIVATIONS, build_hf_model, encoder_parameters
 
-__all__ = ["ViTAdapter"]
+__all__ = ["ViTAdapter", "VIT_SPEC_FIELDS", "VIT_MODELS"]
+
+
+def _load_vit() -> tuple[type, type]:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification, ViTConfig
+
+
+def _vit_check(cfg: dict[str, Any]) -> str | None:
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        return (f"hidden_size ({cfg['hidden_size']}) must be a multiple of num_attention_heads "
+                f"({cfg['num_attention_heads']})")
+    if cfg["image_size"] % cfg["patch_size"]:
+        return f"image_size ({cfg['image_size']}) must be a multiple of patch_size ({cfg['patch_size']})"
+    return None
+
+
+def _vit_parameters(cfg: dict[str, Any]) -> int:
+    h, p, c = cfg["hidden_size"], cfg["patch_size"], cfg["num_channels"]
+    patches = (cfg["image_size"] // p) ** 2
+    labels = len(cfg["id2label"])
+    return c * p * p * h + h + (patches + 2) * h + encoder_parameters(cfg) + 2 * h + (h + 1) * labels
+
+
+#: the Hugging Face image classifiers this adapter builds from a checkpoint, and their config tables
+VIT_MODELS: dict[str, HFModelSchema] = {
+    "ViTForImageClassification": HFModelSchema(
+        class_name="ViTForImageClassification", model_type="vit",
+        fields={**HF_ENCODER_FIELDS,
+                "image_size": Field(int, min=1, max=4096),
+                "patch_size": Field(int, min=1, max=1024),
+                "num_channels": Field(int, min=1, max=64),
+                "qkv_bias": Field(bool),
+                "encoder_stride": Field(int, min=1, max=1024, required=False),
+                "pooler_output_size": Field(int, min=1, max=16_384, optional=True, required=False),
+                "pooler_act": Field(str, choices=_ACTIVATIONS, required=False)},
+        load=_load_vit, check=_vit_check, parameters=_vit_parameters),
+}
+
+#: the entries of a ViT adapter's spec
+VIT_SPEC_FIELDS: dict[str, Field] = {
+    "family": Field(str, choices=("vit",)),
+    "model_class": Field(str),
+    "hf_config": Field(dict),
+    "drop_patches": Field(bool),
+    "generator_layer": Field(int, min=-1024, max=-1),
+    "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
+}
 
 
 class _ViTCellEncoder(nn.Module):
@@ -67,7 +118,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
                  group_batch_size: int = 256):
         if not hasattr(model, "vit") or not hasattr(model, "classifier"):
-            raise TypeError(
+            raise InputTypeError(
                 "ViTAdapter expects a transformers ViTForImageClassification (with .vit and .classifier), "
                 f"got {type(model).__name__}"
             )
@@ -78,11 +129,16 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         self.image_size = (int(size[0]), int(size[1]))
         self.patch_size = (int(patch[0]), int(patch[1]))
         self.channels = int(cfg.num_channels)
+        if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
+            raise ConfigError(f"ViTAdapter needs an image size divisible by the patch size (else the last "
+                              f"pixels belong to no patch and the masks are misaligned); got image size "
+                              f"{self.image_size} and patch size {self.patch_size}")
         self.cell_grid = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-        self.drop_patches = bool(drop_patches)
+        self.drop_patches = check_value("drop_patches", drop_patches, Field(bool))
         n_layers = len(model.vit.layers)
-        if not (-n_layers <= generator_layer < 0):
-            raise ValueError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
+        if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
+                not (-n_layers <= generator_layer < 0):
+            raise ConfigError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
         self.generator_layer = int(generator_layer)
         self.encoder_dim = int(cfg.hidden_size)
 
@@ -94,7 +150,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         return int(inputs.shape[0])
 
     def validate(self, inputs: Any) -> None:
-        check_image_batch(inputs, self.channels, self.image_size)
+        check_image_batch(inputs, self.channels, self.image_size, self.dtype)
 
     # generator
     def make_encoder(self) -> nn.Module:
@@ -177,3 +233,17 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,
         }
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**spec, "hf_config": without_inert_keys(spec.get("hf_config"))}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "ViTAdapter":
+        """Rebuild from :meth:`spec`: an allow-listed class (:data:`VIT_MODELS`) from its checked
+        config, or ``model``."""
+        s = check_fields(spec, VIT_SPEC_FIELDS, where=f"{where}backbone.", require=True)
+        if model is None:
+            model = build_hf_model(s["model_class"], s["hf_config"], VIT_MODELS, where=where)
+        return cls(model, drop_patches=s["drop_patches"], generator_layer=s["generator_layer"],
+                   group_batch_size=s["group_batch_size"])

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import gaussian_kernel
+from ..errors import ConfigError
 from ..ops import cell_counts, top_cells
 
 __all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau", "group_scale"]
@@ -42,12 +43,12 @@ class GroupGenerator(nn.Module):
         if init == "identity":
             self._identity_init(dim, attn_dim, init_noise)
         elif init != "random":
-            raise ValueError(f"generator init must be 'identity' or 'random', got {init!r}")
+            raise ConfigError(f"generator init must be 'identity' or 'random', got {init!r}")
         self.grid = grid
         self.blur_kernel = int(blur_kernel)
         if self.blur_kernel:
             if grid is None:
-                raise ValueError("blur_kernel needs a cell grid: it is for image backbones only")
+                raise ConfigError("blur_kernel needs a cell grid: it is for image backbones only")
             self.register_buffer("blur", gaussian_kernel(self.blur_kernel, blur_sigma)[None, None],
                                  persistent=False)
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 __all__ = ["TaskData", "Task", "register_task", "get_task", "available_tasks", "default_cache_dir"]
 
 
@@ -117,7 +119,7 @@ def available_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     names = available_tasks()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}: expected one of {', '.join(names)}")
+        raise ConfigError(f"unknown task {name!r}: expected one of {', '.join(names)}")
     return _REGISTRY[name]()
 
 

@@ -35,6 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.registry import register_backbone
+from ..validation import Field
+
 __all__ = [
     "CosmoCNN",
     "AUTHORS_KEY_MAP",
@@ -50,6 +53,8 @@ __all__ = [
 AUTHORS_KEY_MAP = {"fc4.": "head."}
 
 
+@register_backbone("cosmology-cnn", {"num_outputs": Field(int, min=1, max=1024),
+                                     "in_channels": Field(int, min=1, max=64)})
 class CosmoCNN(nn.Module):
     """The CosmoGrid CNN: conv 16/32/48 (kernel 4), LeakyReLU, max-pool, FC 1200-128-64-32-2.
 

