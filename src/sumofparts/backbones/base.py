@@ -189,6 +189,34 @@ class BackboneAdapter(nn.Module):
     def _forward_masked(self, inputs: Inputs, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward_with_embedding(self.mask_inputs(inputs, masks))
 
+    # -- layers ----------------------------------------------------------------------------------
+    def named_layers(self) -> dict[str, nn.Module]:
+        """The backbone's representation layers, input side first: ``{dotted name: module}``.
+
+        Names are those of ``self.model.named_modules()`` (what Captum's layer methods and the
+        ``--layers`` options of ``sop concepts`` / ``sop compare`` take). The classifier is not
+        included: its input is the last representation, its output the logits. Default (CNN,
+        tabular): every leaf module but the classifier and dropout, in registration order;
+        the transformer adapters list their blocks instead.
+        """
+        out: dict[str, nn.Module] = {}
+        for name, module in self.model.named_modules():
+            if (name and next(module.children(), None) is None and module is not self.classifier
+                    and not isinstance(module, nn.Dropout)):
+                out[name] = module
+        return out
+
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The layers of the generator's trainable encoder copy (from :meth:`make_encoder`) that
+        correspond to :meth:`named_layers`, under the same names: the layers the copy holds and
+        runs. Empty when the encoder is not a copy of the backbone (tabular)."""
+        return {}
+
+    def _names_of(self, modules: list[nn.Module]) -> dict[str, nn.Module]:
+        """``{dotted name in self.model: module}`` for modules of the backbone (by identity)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return {names[id(m)]: m for m in modules if m is not None}
+
     # -- resolution ----------------------------------------------------------------------------
     def masks_to_input(self, masks: torch.Tensor, inputs: Inputs | None = None) -> torch.Tensor:
         """Cell masks ``(B, G, N)`` at input resolution: ``(B, G, H, W)`` for images, unchanged for tokens."""

@@ -121,6 +121,18 @@ class BertAdapter(BackboneAdapter):
     def make_encoder(self) -> nn.Module:
         return _TokenEncoder(self.model.base_model, self.generator_layer)
 
+    # layers
+    def named_layers(self) -> dict[str, nn.Module]:
+        """The embeddings, every encoder block (outputs ``(B, L, D)``) and the pooler (``(B, D)``,
+        the classifier's input), when the model has one."""
+        base = self.model.base_model
+        return self._names_of([base.embeddings, *base.encoder.layer, getattr(base, "pooler", None)])
+
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy is the whole transformer body: every layer, under the backbone's names."""
+        prefix = self.model.base_model_prefix + "."
+        return {name: encoder.base.get_submodule(name[len(prefix):]) for name in self.named_layers()}
+
     # backbone
     def mask_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
         B, G, L = masks.shape

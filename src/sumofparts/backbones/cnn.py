@@ -133,6 +133,17 @@ class CNNAdapter(BackboneAdapter):
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
 
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's layers up to the feature layer (the copy stops there), same names."""
+        copies = dict(encoder.net.named_modules())
+        out: dict[str, nn.Module] = {}
+        layers = list(self.named_layers())
+        inside = [i for i, n in enumerate(layers)
+                  if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
+        for name in layers[: (inside[-1] + 1) if inside else 0]:
+            out[name] = copies[name]
+        return out
+
     def spec(self) -> dict[str, Any]:
         cls = type(self.model)
         init_kwargs = getattr(self.model, "init_kwargs", None)

@@ -97,6 +97,18 @@ class ViTAdapter(BackboneAdapter):
         keep = n_layers + 1 + self.generator_layer
         return _ViTCellEncoder(self.model.vit, keep)
 
+    # layers
+    def named_layers(self) -> dict[str, nn.Module]:
+        """The patch embedding, every transformer block and the final LayerNorm: outputs
+        ``(B, 1 + N, D)`` (CLS token first)."""
+        vit = self.model.vit
+        return self._names_of([vit.embeddings, *vit.layers, vit.layernorm])
+
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's embedding and the blocks it keeps (all but the last, for ``generator_layer=-2``)."""
+        names = list(self.named_layers())
+        return dict(zip(names, [encoder.embeddings, *encoder.layers]))
+
     # backbone
     def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         B, G, _ = masks.shape
