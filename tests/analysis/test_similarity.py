@@ -7,6 +7,15 @@ import scipy.linalg
 
 from sumofparts.analysis import similarity as S
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """On a shared 2-core machine OpenBLAS's own threads make small linear algebra 30x slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 
 def _data(seed=0, n=300, p=20, q=12):
     rng = np.random.default_rng(seed)

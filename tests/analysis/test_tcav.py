@@ -13,6 +13,15 @@ from sumofparts.backbones import TabularAdapter
 
 D = 20
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """On a shared 2-core machine OpenBLAS's own threads make small linear algebra 30x slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 
 class Features(nn.Module):
     """``[softplus(h_0..4), h_5..9 · h_10..14]``: 10 features."""

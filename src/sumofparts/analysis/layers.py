@@ -112,7 +112,9 @@ def _recording(layers: Mapping[str, nn.Module], *, grad: bool) -> Iterator[dict[
             raise LayerError(f"cannot take gradients at layer {name!r}: its output is a {type(output).__name__}")
         return hook
 
-    handles = [module.register_forward_hook(make(name)) for name, module in layers.items()]
+    # prepended: a hook of the model's own that stops the forward at a layer (the CNN generator
+    # copy stops after its feature layer) must not hide that layer's output
+    handles = [module.register_forward_hook(make(name), prepend=True) for name, module in layers.items()]
     try:
         yield store
     finally:
