@@ -131,14 +131,18 @@ def _check_ran(store: Mapping[str, torch.Tensor], layers: Mapping[str, nn.Module
 
 def layer_activations(adapter: BackboneAdapter, layers: Mapping[str, nn.Module], inputs: Inputs, *,
                       forward: Callable[[Inputs], Any] | None = None, batch_size: int = 64,
-                      progress: bool = False, desc: str = "activations") -> dict[str, torch.Tensor]:
+                      progress: bool = False, desc: str = "activations",
+                      select: Callable[[Inputs, slice], Inputs] | None = None,
+                      n: int | None = None) -> dict[str, torch.Tensor]:
     """Flattened outputs of ``layers`` on ``inputs``: ``{name: (n, F) float32}`` on the CPU.
 
     ``forward(batch)`` runs the model whose modules ``layers`` are (default: the backbone,
-    ``adapter``); the batches are cut with ``adapter.select``. No gradient is kept.
+    ``adapter``); the batches are ``select(inputs, slice)`` (default ``adapter.select``) for
+    ``n`` examples (default: all of ``inputs``). No gradient is kept.
     """
     forward = forward or adapter
-    n = num_inputs(inputs)
+    select = select or adapter.select
+    n = num_inputs(inputs) if n is None else int(n)
     if n < 1:
         raise ValueError("no inputs: expected at least one example")
     out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -146,7 +150,7 @@ def layer_activations(adapter: BackboneAdapter, layers: Mapping[str, nn.Module],
     with torch.no_grad(), _recording(layers, grad=False) as store:
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
             store.clear()
-            forward(adapter.select(inputs, slice(start, min(n, start + batch_size))))
+            forward(select(inputs, slice(start, min(n, start + batch_size))))
             _check_ran(store, layers)
             for name in layers:
                 out[name].append(store[name].detach().reshape(store[name].shape[0], -1).float().cpu())

@@ -18,7 +18,8 @@ For a layer l with activations ``a_l(x)`` (flattened, F features) and an output 
    of concept set i against random counterpart i give R concept scores, and R CAVs of a *fresh*
    random set (a random concept) against the same counterparts give R null scores. A two-sided
    Welch t-test of the two samples (``scipy.stats.ttest_ind(equal_var=False)``) gives a p-value
-   per (concept, layer, output). The sets are disjoint so that the R scores of each side are
+   per (concept, layer, output) (when neither sample varies at all, the exact Mann-Whitney
+   p-value instead: ``2 / C(2R, R)``). The sets are disjoint so that the R scores of each side are
    independent draws: with one fixed concept set and one fixed random concept (as in the
    original code and Captum's tutorial) every CAV shares that set's sampling noise, the scores
    of a *random* concept cluster around a value away from the null's, and the t-test calls it
@@ -93,12 +94,15 @@ class ConceptSet:
 
     Attributes:
         name: what the concept is called in tables (``"void"``, ``"negation"``).
-        inputs: a batch of model inputs showing the concept ``(n, ...)`` (a tensor, or a dict of
-            tensors for text). TCAV cuts it into disjoint sets of ``set_size`` examples.
+        inputs: a batch of model inputs ``(n, ...)`` (a tensor, or a dict of tensors for text).
+            TCAV cuts the pool into disjoint sets of ``set_size`` examples.
         description: how the examples were made.
         random_family: the random pool it is tested against (a key of ``ConceptSets.randoms``).
         sop_kind: the kind of SOP group this concept corresponds to, when the task's case study
             classifies SOP's groups the same way (e.g. ``"void"``); ``None`` otherwise.
+        cells: ``(n, N)`` bool or ``None``: example i is input i restricted to these cells, made
+            batch by batch with the adapter (a concept is then a kind of *group*, shown to the
+            backbone exactly as SOP shows its groups).
     """
 
     name: str
@@ -106,10 +110,28 @@ class ConceptSet:
     description: str = ""
     random_family: str = "random"
     sop_kind: str | None = None
+    cells: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.cells is not None:
+            if self.cells.dtype != torch.bool or self.cells.ndim != 2 or self.cells.shape[0] != num_inputs(self.inputs):
+                raise ValueError(f"cells of set {self.name!r} must be a (n, N) bool tensor with one row per input "
+                                 f"({num_inputs(self.inputs)}), got {tuple(self.cells.shape)} {self.cells.dtype}")
+            if not bool(self.cells.any(1).all()):
+                raise ValueError(f"every example of set {self.name!r} must keep at least one cell")
 
     @property
     def size(self) -> int:
         return num_inputs(self.inputs)
+
+    def examples(self, adapter: BackboneAdapter, index: torch.Tensor) -> Inputs:
+        """The model inputs of examples ``index``: the inputs themselves, or, with ``cells``, the
+        inputs restricted to those cells the way SOP shows a group to the backbone
+        (``adapter.mask_inputs``: zeroed pixels, masked tokens)."""
+        x = adapter.select(self.inputs, index)
+        if self.cells is None:
+            return x
+        return adapter.mask_inputs(x, self.cells[index].unsqueeze(1).to(adapter.device))
 
 
 @dataclass
@@ -389,8 +411,14 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     from scipy import stats
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: equal means are no evidence, different ones are total
-        return (0.0, 1.0) if a[0] == b[0] else (math.copysign(math.inf, a[0] - b[0]), 0.0)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        # no spread on either side (every score 0 or 1 happens when the gradient's direction barely
+        # changes between inputs): the t statistic is undefined; equal values are no evidence, and
+        # for different ones the exact two-sided Mann-Whitney p-value, 2 / C(2R, R) for R vs R, is used
+        if a[0] == b[0]:
+            return 0.0, 1.0
+        p = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue
+        return math.copysign(math.inf, a[0] - b[0]), float(p)
     with warnings.catch_warnings():  # scipy warns on nearly identical samples; the p-value is still right
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.ttest_ind(a, b, equal_var=False)
@@ -430,8 +458,8 @@ class TCAV:
         """Activations of ``n_sets`` disjoint sets of ``set_size`` drawn from ``pool``: per set ``{layer: (n, F)}``."""
         order = np.random.default_rng(_seed(self.seed, salt)).permutation(pool.size)[: n_sets * self.set_size]
         index = torch.from_numpy(np.sort(order))
-        acts = layer_activations(self.adapter, layers, self.adapter.select(pool.inputs, index),
-                                 batch_size=self.batch_size)
+        acts = layer_activations(self.adapter, layers, pool.inputs, batch_size=self.batch_size,
+                                 select=lambda inputs, part: pool.examples(self.adapter, index[part]), n=len(index))
         position = {int(i): j for j, i in enumerate(index.tolist())}
         sets = []
         for k in range(n_sets):

@@ -79,6 +79,42 @@ class Task:
         """Wrap the backbone in its :class:`~sumofparts.backbones.BackboneAdapter`."""
         raise NotImplementedError
 
+    def concept_sets(self, data: TaskData, adapter, **options: Any):
+        """Concepts made from this task's data for TCAV (``sop concepts``): a
+        :class:`~sumofparts.analysis.tcav.ConceptSets` (see :mod:`sumofparts.tasks.concepts`)."""
+        having = [n for n in available_tasks() if type(get_task(n)).concept_sets is not Task.concept_sets]
+        raise ValueError(f"task {self.name!r} defines no concepts for TCAV; tasks that do: {', '.join(having)}")
+
+    def load_backbone_weights(self, data: TaskData, cache_dir: Path, path: Path, *,
+                              backbone: str | None = None) -> nn.Module:
+        """The task's backbone architecture with the weights of a safetensors file, frozen (eval mode).
+
+        The file holds a state dict of the backbone (all its tensors, or some of them: the others
+        keep the task's trained values, and the number loaded is checked to be at least one).
+        Unknown names and shape mismatches are refused, naming them.
+        """
+        from ..io import load_tensors
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights file at {path}")
+        model = self.load_backbone(data, cache_dir, backbone=backbone, train_if_missing=False, progress=False)
+        own = model.state_dict()
+        state = load_tensors(path)
+        unknown = sorted(k for k in state if k not in own)
+        if unknown:
+            raise ValueError(f"{path} does not hold weights of the {self.name} backbone "
+                             f"({type(model).__name__}): unexpected tensors {unknown[:5]}"
+                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+        if bad:
+            raise ValueError(f"{path}: tensors of the wrong shape (file vs backbone): {'; '.join(bad[:5])}")
+        model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items()}})
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}
 

@@ -575,6 +575,12 @@ class CosmologyTask(Task):
         return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(14, 14),
                           input_shape=tuple(getattr(model, "input_shape", (1, 66, 66))))
 
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Void, cluster and high-significance-cluster windows (:func:`.concepts.cosmology_concepts`)."""
+        from .concepts import cosmology_concepts
+
+        return cosmology_concepts(data, adapter, **options)
+
 
 def _freeze(model: nn.Module) -> nn.Module:
     model.eval()

@@ -588,3 +588,9 @@ class FashionTask(Task):
             return CNNAdapter(model, feature_layer=FashionCNN.feature_layer, classifier="head",
                               grid=GRID, input_shape=model.input_shape)
         return ViTAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Stripes, solid silhouettes, outlines and upper/lower halves of garments (:func:`.concepts.fashion_concepts`)."""
+        from .concepts import fashion_concepts
+
+        return fashion_concepts(data, adapter, **options)

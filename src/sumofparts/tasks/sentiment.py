@@ -609,3 +609,9 @@ class SentimentTask(Task):
         from ..backbones import BertAdapter
 
         return BertAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Negation and lexicon spans of the training sentences (:func:`.concepts.sentiment_concepts`)."""
+        from .concepts import sentiment_concepts
+
+        return sentiment_concepts(data, adapter, **options)
