@@ -44,6 +44,7 @@ Payload schema (plain JSON types; every ``*image*``/``thumbnail``/figure value i
         "method_errors": {name: str}
       }],
       "notes": [str],
+      "analysis": {...} | null,    # concepts and model comparison: see sumofparts.analysis.html
       "generated": {"time": str, "command": str | null, "version": str}
     }
 
@@ -677,6 +678,9 @@ def render_html(payload: Mapping[str, Any]) -> str:
     else:
         parts.append('<p class="muted">No evaluation tables: run <code>sop evaluate '
                      f'{esc(str(task.get("name")))}</code> and rebuild the report.</p>')
+    from ..analysis.html import render_analysis  # TCAV and model comparison, when the run has them
+
+    parts.append(render_analysis(payload.get("analysis")))
     parts.append("<h2>Explorer</h2>")
     parts.append(f'<p class="muted">The first {len(payload["examples"])} test items. Click a thumbnail to see its '
                  f'groups (explaining {esc(str(payload.get("explained", "the prediction")))}). Each group is what the '
@@ -695,7 +699,8 @@ def render_html(payload: Mapping[str, Any]) -> str:
     parts.append(f'<p class="muted">Generated {esc(str(gen.get("time", "")))} by sumofparts '
                  f'{esc(str(gen.get("version", "")))}' +
                  (f'; command: <code>{esc(str(gen["command"]))}</code>' if gen.get("command") else "") + ".</p>")
-    blob = json.dumps(_clean(payload), ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+    blob = json.dumps(_clean({k: v for k, v in payload.items() if k != "analysis"}),  # drawn above, not by JS
+                      ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
     css = _CSS % {"agree": F.AGREE_COLOR, "disagree": F.DISAGREE_COLOR}
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
