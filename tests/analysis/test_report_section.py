@@ -39,8 +39,8 @@ def _run_dir(tmp_path: Path) -> Path:
         "model": "the backbone", "command": "sop concepts cosmology", "n_tests": 36, "n_significant": 1,
         "alpha": 0.05, "correction": "holm", "n_random": 20, "set_size": 50, "significant": [sig],
         "tcav_vs_sop": {"rows": [{"concept": "void", "output": "Omega_m", "tcav_significant_layers": ["pool3 (+)"],
-                                  "tcav_effect": 0.43, "sop_weight_share": 0.6, "sop_group_share": 0.2,
-                                  "sop_enrichment": 3.0, "relevance_agrees": True}],
+                                  "tcav_layer": "pool3", "tcav_effect": 0.43, "sop_weight_share": 0.6,
+                                  "sop_group_share": 0.2, "sop": "enriched", "agrees": True}],
                         "sentences": ["void for Omega_m: TCAV: significant at pool3 (+) -> agree."]}}))
     (run / "concepts" / "concepts.png").write_bytes(PNG)
     (run / "compare" / "compare.json").write_text(json.dumps({

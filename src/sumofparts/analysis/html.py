@@ -98,12 +98,13 @@ def render_analysis(section: Mapping[str, Any] | None) -> str:
                                               "significant; grey band: random concepts (mean ± sd)."))
         join = c.get("tcav_vs_sop")
         if join:
-            cols = ["concept", "output", "tcav_significant_layers", "tcav_effect", "sop_weight_share",
-                    "sop_group_share", "sop_enrichment", "relevance_agrees"]
+            cols = ["concept", "output", "tcav_significant_layers", "tcav_layer", "tcav_effect", "sop_weight_share",
+                    "sop_group_share", "sop", "agrees"]
             parts.append(_table("TCAV beside SOP (the case study's weights)", cols,
                                 [{k: _fmt(r.get(k)) for k in cols} for r in join.get("rows", [])], "tcav-sop"))
             parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in join.get("sentences", [])) + "</ul>")
-            parts.append(_figure(join.get("figure"), "Left: TCAV effect (mean TCAV − random) at significant layers; "
+            parts.append(_figure(join.get("figure"), "Left: TCAV effect (mean TCAV − random) at the deepest "
+                                                     "significant layer; "
                                                      "right: SOP's weight share by kind with its 95% interval, "
                                                      "black: the kind's share of the groups."))
         if c.get("command"):

@@ -5,19 +5,29 @@
 (``ConceptSet.sop_kind``, e.g. the cosmology windows classified by the case study's rules):
 
 * **TCAV** (the frozen backbone): is output j sensitive to the concept, at which layers, in which
-  direction? Effect at a layer = ``mean TCAV − mean random TCAV``; the concept's effect for output
-  j = the largest ``|effect|`` over the layers where the test is significant (0 if none).
+  direction? The effect at a layer is ``mean TCAV − mean random TCAV`` (> 0: moving the layer
+  towards the concept raises output j for more inputs than a random direction does). The
+  concept's verdict for output j is the sign of the effect at the *deepest* layer where the test
+  is significant (the representation closest to the output), "none" if it is nowhere significant.
 * **SOP** (the selector): how much of output j's weight goes to groups of that kind? Its share
   of the weight (with the case study's bootstrap interval) against its share of the *groups*;
-  ``enrichment = weight share / group share`` (> 1: SOP gives those groups more than their
-  number).
+  ``enrichment = weight share / group share``; *enriched* when the interval lies above the
+  group share, *depleted* when below, *unclear* otherwise.
 
-They agree on **relevance** for output j when TCAV finds the concept significant at some layer
-exactly when SOP's interval for the weight share lies above the group share (enriched); and on
-the **ordering** of two outputs when the output with the larger TCAV effect is also the one whose
-weight share for the kind is larger. The two measure different things — TCAV a direction in the
-backbone's activations, SOP the selector's choice among groups — so agreement is evidence, and
-disagreement a finding, not an error.
+They **agree** for output j when the concept raises the output in TCAV's deepest significant
+layer and SOP's weight on it is enriched, or when it lowers the output (or is nowhere
+significant) and SOP's weight is depleted. On the **ordering** of two outputs they agree when
+the output with the larger signed TCAV effect is the one with the larger SOP weight share.
+
+Why the sign: SOP's selector scores a group for output j by ``<W_q u_j, W_k z_i>``, its query u_j
+a trainable copy of the classifier row of output j and W_q, W_k starting at the identity, so it
+starts by preferring groups whose embedding z points along the classifier row, i.e. groups that
+*raise* output j; and at the classifier's input layer TCAV's directional derivative is exactly
+``w_j · v``, the alignment of the concept with the same row. At that layer the two answers share
+a cause; the earlier layers, and the training of the selector's projections, make them two
+measurements. The two measure different things — a direction in the backbone's activations, the
+selector's choice among groups — so agreement is evidence and disagreement a finding, not an
+error.
 """
 from __future__ import annotations
 
@@ -153,22 +163,22 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
                 continue
             tests = [result.find(c.name, layer, j) for layer in result.layers]
             sig = [t for t in tests if t.significant]
-            effect = max((t.mean - t.random_mean for t in sig), key=abs, default=0.0)
+            deepest = sig[-1] if sig else None
             share, low, high = case["shares"][k][j], boot[k]["low"][j], boot[k]["high"][j]
+            sop = "enriched" if low > group_share else ("depleted" if high < group_share else "unclear")
+            direction = deepest.direction if deepest else "none"
+            agrees = None if sop == "unclear" else ((direction == "+") == (sop == "enriched"))
             rows.append({
                 "concept": c.name, "sop_kind": k, "output": out, "output_index": j,
                 "tcav_significant_layers": [f"{t.layer} ({t.direction})" for t in sig],
-                "tcav_effect": float(effect),
+                "tcav_layer": deepest.layer if deepest else None, "tcav_direction": direction,
+                "tcav_effect": float(deepest.mean - deepest.random_mean) if deepest else 0.0,
                 "tcav_by_layer": {t.layer: {"tcav": t.mean, "random": t.random_mean, "p_holm": t.p_adjusted,
                                             "significant": t.significant} for t in tests},
                 "sop_weight_share": share, "sop_share_low": low, "sop_share_high": high,
                 "sop_group_share": group_share, "sop_enrichment": share / group_share if group_share else float("nan"),
-                "sop_mean_weight_per_group": case["mean_weight_per_group"][k][j],
-                "sop_enriched": "yes" if low > group_share else ("no" if high < group_share else "unclear"),
+                "sop_mean_weight_per_group": case["mean_weight_per_group"][k][j], "sop": sop, "agrees": agrees,
             })
-    for r in rows:
-        tcav_says = bool(r["tcav_significant_layers"])
-        r["relevance_agrees"] = None if r["sop_enriched"] == "unclear" else (tcav_says == (r["sop_enriched"] == "yes"))
     orderings = []
     for c in concepts:
         mine = [r for r in rows if r["concept"] == c]
@@ -176,61 +186,67 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
             continue
         a, b = mine[0], mine[1]
         sop_more = a["output"] if a["sop_weight_share"] > b["sop_weight_share"] else b["output"]
-        ta, tb = abs(a["tcav_effect"]), abs(b["tcav_effect"])
+        ta, tb = a["tcav_effect"], b["tcav_effect"]
         tcav_more = None if ta == tb else (a["output"] if ta > tb else b["output"])
         orderings.append({"concept": c, "outputs": [a["output"], b["output"]], "sop_weighs_more_for": sop_more,
                           "sop_share_difference": a["sop_weight_share"] - b["sop_weight_share"],
-                          "tcav_more_sensitive_for": tcav_more, "tcav_effects": [a["tcav_effect"], b["tcav_effect"]],
+                          "tcav_raises_more": tcav_more, "tcav_effects": [ta, tb],
                           "agrees": None if tcav_more is None else tcav_more == sop_more})
+    n_rows = [r["agrees"] for r in rows if r["agrees"] is not None]
+    n_ord = [o["agrees"] for o in orderings if o["agrees"] is not None]
     return {"rows": rows, "orderings": orderings, "sentences": _sentences(rows, orderings),
+            "summary": {"agree": int(sum(n_rows)), "compared": len(n_rows), "orderings_agree": int(sum(n_ord)),
+                        "orderings_compared": len(n_ord)},
             "definitions": {
-                "tcav_effect": "largest |mean TCAV - mean random TCAV| over the layers where the test is significant "
-                               "(signed; 0 if none)",
+                "tcav_effect": "mean TCAV - mean random TCAV at the deepest layer where the test is significant "
+                               "(0 if none); tcav_direction its sign",
                 "sop_weight_share": "share of the selector's weight for the output on groups of the kind "
-                                    "(case study, bootstrap interval over maps)",
+                                    "(case study, 95% bootstrap interval over maps)",
                 "sop_group_share": "share of all groups that are of the kind",
-                "relevance_agrees": "TCAV significant at some layer <=> SOP's weight-share interval above the group "
-                                    "share (None when SOP's interval contains it)",
-                "ordering": "the output with the larger |TCAV effect| is the one with the larger SOP weight share"}}
+                "sop": "enriched / depleted: the weight-share interval lies above / below the group share",
+                "agrees": "TCAV raises the output (+) and SOP enriched, or TCAV lowers it (-) or none and SOP "
+                          "depleted (None when SOP is unclear)",
+                "ordering": "the output with the larger signed TCAV effect is the one with the larger SOP share"}}
 
 
 def _sentences(rows: Sequence[dict], orderings: Sequence[dict]) -> list[str]:
     out = []
     for r in rows:
-        tcav = (f"TCAV: significant at {', '.join(r['tcav_significant_layers'])} (largest effect "
-                f"{r['tcav_effect']:+.2f})" if r["tcav_significant_layers"] else "TCAV: not significant at any layer")
+        tcav = (f"TCAV: significant at {', '.join(r['tcav_significant_layers'])}; deepest {r['tcav_layer']} "
+                f"{r['tcav_effect']:+.2f}" if r["tcav_significant_layers"] else "TCAV: not significant at any layer")
         sop = (f"SOP: {r['sop_weight_share']:.1%} of the weight [{r['sop_share_low']:.1%}, {r['sop_share_high']:.1%}] "
-               f"on {r['sop_group_share']:.1%} of the groups (enrichment {r['sop_enrichment']:.2f})")
-        verdict = {True: "agree", False: "disagree", None: "SOP unclear"}[r["relevance_agrees"]]
+               f"on {r['sop_group_share']:.1%} of the groups ({r['sop']}, x{r['sop_enrichment']:.2f})")
+        verdict = {True: "agree", False: "disagree", None: "SOP unclear"}[r["agrees"]]
         out.append(f"{r['concept']} for {r['output']}: {tcav}; {sop} -> {verdict}.")
     for o in orderings:
-        if o["tcav_more_sensitive_for"] is None:
-            out.append(f"{o['concept']}: SOP weighs it more for {o['sop_weighs_more_for']} "
-                       f"({o['sop_share_difference']:+.1%} share); TCAV effects equal, no ordering.")
-        else:
-            out.append(f"{o['concept']}: SOP weighs it more for {o['sop_weighs_more_for']} "
-                       f"({o['sop_share_difference']:+.1%} share, {o['outputs'][0]} - {o['outputs'][1]}); TCAV's "
-                       f"larger effect is for {o['tcav_more_sensitive_for']} "
-                       f"({o['tcav_effects'][0]:+.2f} vs {o['tcav_effects'][1]:+.2f}) -> "
-                       f"{'agree' if o['agrees'] else 'disagree'}.")
+        raises = ("TCAV effects equal" if o["tcav_raises_more"] is None else
+                  f"TCAV's effect is larger for {o['tcav_raises_more']} ({o['tcav_effects'][0]:+.2f} vs "
+                  f"{o['tcav_effects'][1]:+.2f})")
+        verdict = "" if o["agrees"] is None else (" -> agree" if o["agrees"] else " -> disagree")
+        out.append(f"{o['concept']}: SOP weighs it more for {o['sop_weighs_more_for']} "
+                   f"({o['sop_share_difference']:+.1%} share, {o['outputs'][0]} - {o['outputs'][1]}); {raises}{verdict}.")
     return out
 
 
 def tcav_vs_sop_markdown(join: dict[str, Any], *, command: str | None = None, figure: str | None = None) -> str:
+    summary = join.get("summary", {})
     lines = ["# TCAV beside SOP: the same concepts, two answers", "",
-             "| concept | output | TCAV: significant layers (direction) | TCAV effect | SOP weight share [95% CI] | "
-             "share of groups | enrichment | relevance |", "|---|---|---|---|---|---|---|---|"]
+             f"Agreement: {summary.get('agree')} of {summary.get('compared')} concept-output pairs; ordering of the "
+             f"outputs: {summary.get('orderings_agree')} of {summary.get('orderings_compared')} concepts.", "",
+             "| concept | output | TCAV: significant layers (direction) | deepest: effect | SOP weight share [95% CI] | "
+             "share of groups | SOP | agree |", "|---|---|---|---|---|---|---|---|"]
     for r in join["rows"]:
-        verdict = {True: "agree", False: "disagree", None: "SOP unclear"}[r["relevance_agrees"]]
+        verdict = {True: "yes", False: "no", None: "SOP unclear"}[r["agrees"]]
+        deepest = f"{r['tcav_layer']}: {r['tcav_effect']:+.3f}" if r["tcav_layer"] else "none"
         lines.append(f"| {r['concept']} | {r['output']} | {', '.join(r['tcav_significant_layers']) or 'none'} | "
-                     f"{r['tcav_effect']:+.3f} | {r['sop_weight_share']:.1%} [{r['sop_share_low']:.1%}, "
-                     f"{r['sop_share_high']:.1%}] | {r['sop_group_share']:.1%} | {r['sop_enrichment']:.2f} | {verdict} |")
-    lines += ["", "## Which output depends more on the concept?", "",
-              "| concept | SOP weighs it more for | share difference | TCAV's larger effect | effects | agree |",
+                     f"{deepest} | {r['sop_weight_share']:.1%} [{r['sop_share_low']:.1%}, {r['sop_share_high']:.1%}] | "
+                     f"{r['sop_group_share']:.1%} | {r['sop']} (x{r['sop_enrichment']:.2f}) | {verdict} |")
+    lines += ["", "## Which output does the concept matter more for?", "",
+              "| concept | SOP weighs it more for | share difference | TCAV raises more | effects | agree |",
               "|---|---|---|---|---|---|"]
     for o in join["orderings"]:
         lines.append(f"| {o['concept']} | {o['sop_weighs_more_for']} | {o['sop_share_difference']:+.1%} | "
-                     f"{o['tcav_more_sensitive_for'] or '-'} | {o['tcav_effects'][0]:+.3f} / {o['tcav_effects'][1]:+.3f} "
+                     f"{o['tcav_raises_more'] or '-'} | {o['tcav_effects'][0]:+.3f} / {o['tcav_effects'][1]:+.3f} "
                      f"| {'-' if o['agrees'] is None else ('yes' if o['agrees'] else 'no')} |")
     lines += ["", "## In words", ""] + [f"* {s}" for s in join["sentences"]] + ["", "## Definitions", ""]
     lines += [f"* **{k}**: {v}" for k, v in join["definitions"].items()] + [""]
@@ -270,7 +286,7 @@ def tcav_vs_sop_figure(join: dict[str, Any]):
         ax.set_xticks(x + width * (len(outputs) - 1) / 2, concepts, fontsize=8)
         ax.legend(fontsize=7)
     a1.axhline(0, color="0.4", lw=0.8)
-    a1.set_ylabel("TCAV effect (TCAV − random), significant layers")
+    a1.set_ylabel("TCAV effect (TCAV − random), deepest significant layer")
     a1.set_title("TCAV: the backbone's sensitivity", fontsize=9)
     a2.set_ylabel("share of SOP's weight")
     a2.set_title("SOP: weight on groups of the kind (black: share of groups)", fontsize=9)
