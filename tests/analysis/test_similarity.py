@@ -150,3 +150,30 @@ def test_pca_matches_scikit_learn():
     assert np.abs(scores) == pytest.approx(np.abs(sk.transform(X)), abs=1e-8)
     with pytest.raises(ValueError, match="k must be in"):
         S.pca(X, 0)
+
+
+def _pwcca_reference(X, Y, k):
+    """PWCCA written out with numpy's SVD: top-k principal directions each, CCA, projection weights."""
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Ux = np.linalg.svd(Xc, full_matrices=False)[0][:, :k]
+    Uy = np.linalg.svd(Yc, full_matrices=False)[0][:, :k]
+    A, rho, _ = np.linalg.svd(Ux.T @ Uy)
+    h = Ux @ A  # canonical variates of X
+    alpha = np.abs(h.T @ Xc).sum(1)
+    return float((alpha * rho).sum() / alpha.sum()), float(rho.mean())
+
+
+def test_wide_layers_take_the_gram_route_with_the_same_results():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(60, 20)) * np.linspace(3, 0.2, 20)
+    Y = X[:, :8] @ rng.normal(size=(8, 15)) + rng.normal(size=(60, 15))
+    Q = np.linalg.qr(rng.normal(size=(300, 20)))[0]  # orthonormal columns: the same geometry in 300 features
+    Xw = X @ Q.T
+    for m in ("cka_linear", "cka_rbf", "cca", "svcca"):
+        assert S.similarity(S.prepare(Xw), S.prepare(Y), m) == pytest.approx(
+            S.similarity(S.prepare(X), S.prepare(Y), m), abs=1e-8), m
+    k = 6  # n // 10 = 6 directions, fewer than 99% of the variance needs here
+    for data in (X, Xw):
+        pw, sv = _pwcca_reference(data, Y, k)
+        assert S.pwcca(data, Y) == pytest.approx(pw, abs=1e-8)
+        assert S.svcca(data, Y) == pytest.approx(sv, abs=1e-8)

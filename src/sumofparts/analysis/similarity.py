@@ -108,9 +108,10 @@ def _double_centre(K: np.ndarray) -> np.ndarray:
     return K - K.mean(0, keepdims=True) - K.mean(1, keepdims=True) + K.mean()
 
 
-def _rbf_kernel(Xc: np.ndarray, sigma: float) -> np.ndarray:
-    sq = np.sum(Xc * Xc, 1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * Xc @ Xc.T, 0.0)
+def _rbf_kernel(Xc: np.ndarray, sigma: float, gram: np.ndarray | None = None) -> np.ndarray:
+    K = Xc @ Xc.T if gram is None else gram
+    sq = np.diag(K)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * K, 0.0)
     n = d2.shape[0]
     off = d2[~np.eye(n, dtype=bool)]
     med = float(np.median(np.sqrt(off))) if off.size else 0.0
@@ -119,8 +120,23 @@ def _rbf_kernel(Xc: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-d2 / (2.0 * (sigma * med) ** 2))
 
 
-def _svd(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Thin SVD of a centred matrix and its numerical rank (singular values above ``1e-10 · s_max``)."""
+def _svd(Xc: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Thin SVD of a centred matrix ``Xc = U S Vᵀ`` and its numerical rank.
+
+    When ``Xc`` is wider than tall, ``U`` and ``S`` come from the eigendecomposition of the
+    ``(n, n)`` Gram matrix ``Xc Xcᵀ = U S² Uᵀ`` (``gram``, if already computed), several times
+    cheaper than the SVD of an n × 60,000 feature map; ``Vt`` is then ``None`` (rows of it are
+    ``S⁻¹ Uᵀ Xc``). The rank counts singular values above ``1e-10 · s_max`` (``1e-6`` on the Gram
+    route, whose eigenvalues carry the square of the rounding error).
+    """
+    n, p = Xc.shape
+    if p > n:
+        K = Xc @ Xc.T if gram is None else gram
+        lam, U = np.linalg.eigh(K)
+        lam, U = lam[::-1], U[:, ::-1]
+        s = np.sqrt(np.clip(lam, 0.0, None))
+        rank = int(np.sum(s > 1e-6 * s[0])) if s.size and s[0] > 0 else 0
+        return U, s, None, rank
     U, s, Vt = np.linalg.svd(Xc, full_matrices=False)
     rank = int(np.sum(s > _RTOL * s[0])) if s.size and s[0] > 0 else 0
     return U, s, Vt, rank
@@ -201,18 +217,19 @@ def prepare(X: Any, metrics: Sequence[str] = tuple(METRICS), *, sigma: float = 0
     if p.constant:
         return p
     cap = max(1, n // 10) if max_dims is None else int(max_dims)
+    K = xc @ xc.T  # (n, n): linear CKA, the RBF distances and (for wide layers) the principal directions
     if "cka_linear" in metrics:
-        p.gram = _normalised(xc @ xc.T)
+        p.gram = _normalised(K)
     if "cka_rbf" in metrics:
-        p.rbf = _normalised(_double_centre(_rbf_kernel(xc, sigma)))
+        p.rbf = _normalised(_double_centre(_rbf_kernel(xc, sigma, K)))
     if any(m in metrics for m in ("cca", "svcca", "pwcca")):
-        U, s, Vt, rank = _svd(xc)
+        U, s, Vt, rank = _svd(xc, K)
         if "cca" in metrics:
             p.bases["cca"] = U[:, : _n_dims(s, rank, None, cap)]
         if "svcca" in metrics or "pwcca" in metrics:
             k = _n_dims(s, rank, keep_variance, cap)
             p.bases["svcca"] = U[:, :k]
-            p.loadings = s[:k, None] * Vt[:k]
+            p.loadings = s[:k, None] * Vt[:k] if Vt is not None else U[:, :k].T @ xc  # S_k V_kᵀ = U_kᵀ Xc
     return p
 
 
