@@ -74,3 +74,25 @@ def test_a_weights_file_of_another_model_is_refused(synthetic_cache, tmp_path, c
                "--no-progress", "--out", str(tmp_path / "o")])
     assert rc == 2 and "fc.weight: (3, 3) vs (32, 256)" in capsys.readouterr().err
     assert set(state) >= {"fc.weight"}
+
+
+@pytest.mark.slow
+def test_concepts_and_the_tcav_vs_sop_join_on_a_small_cosmology_run(tmp_path, capsys):
+    """The whole chain on the small cosmology data: backbone, a briefly trained SOP, TCAV of voids and
+    clusters on its backbone, the case study of its groups, the two side by side (minutes)."""
+    cache = tmp_path / "cache"
+    common = ["--size", "small", "--cache-dir", str(cache), "--no-progress", "--threads", "1"]
+    assert main(["train", "--task", "cosmology", "--steps", "10", "--out", str(tmp_path / "sop"), *common]) == 0
+    out = tmp_path / "concepts"
+    rc = main(["concepts", "cosmology", "--checkpoint", str(tmp_path / "sop" / "best"), "--n-random", "4",
+               "--set-size", "10", "--n-probe", "20", "--case-study-n", "40", "--out", str(out), *common])
+    assert rc == 0
+    res = json.loads((out / "concepts.json").read_text())
+    assert res["n_tests"] == 3 * 6 * 2 and len(res["tests"]) == 36
+    join = json.loads((out / "tcav_vs_sop.json").read_text())
+    assert {r["concept"] for r in join["rows"]} == {"void", "cluster", "high-significance cluster"}
+    assert {r["output"] for r in join["rows"]} == {"Omega_m", "sigma_8"}
+    for name in ("concepts.md", "concepts.csv", "concepts.png", "tcav_vs_sop.md", "tcav_vs_sop.png",
+                 "case_study/case_study.json"):
+        assert (out / name).is_file(), name
+    assert "TCAV beside SOP" in capsys.readouterr().out
