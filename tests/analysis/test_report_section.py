@@ -34,7 +34,7 @@ def _run_dir(tmp_path: Path) -> Path:
     (run / "concepts").mkdir(parents=True)
     (run / "compare").mkdir()
     sig = {"concept": "void", "output": "Omega_m", "layer": "pool3", "tcav": 0.91, "random_tcav": 0.48,
-           "direction": "+", "cav_accuracy": 0.8, "p_holm": 1e-4}
+           "direction": "+", "cav_accuracy": 0.8, "p_holm": 1.2e-5}
     (run / "concepts" / "concepts.json").write_text(json.dumps({
         "model": "the backbone", "command": "sop concepts cosmology", "n_tests": 36, "n_significant": 1,
         "alpha": 0.05, "correction": "holm", "n_random": 20, "set_size": 50, "significant": [sig],
@@ -59,6 +59,7 @@ def test_payload_and_html_from_a_run_directory(tmp_path):
     html = render_analysis(section)
     assert "Significant concepts (TCAV)" in html and "<td>pool3</td>" in html and "<td>0.91</td>" in html
     assert "TCAV beside SOP" in html and "agree" in html and "<td>0.95</td>" in html
+    assert "<td>1.20e-05</td>" in html  # a p-value is not rounded to 0
 
 
 def test_the_task_report_shows_the_section_once(tmp_path):

@@ -62,9 +62,9 @@ def analysis_payload(run_dir: str | Path) -> dict[str, Any] | None:
     return out if out["concepts"] or out["compare"] else None
 
 
-def _fmt(v: Any) -> Any:
+def _fmt(v: Any, key: str = "") -> Any:
     if isinstance(v, float):
-        return round(v, 3)
+        return v if key.startswith("p") else round(v, 3)  # p-values keep their magnitude (1.2e-05)
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "none"
     return v
@@ -93,7 +93,7 @@ def render_analysis(section: Mapping[str, Any] | None) -> str:
                      'significant concepts are listed; <code>concepts.md</code> has every test.</p>')
         cols = ["concept", "output", "layer", "tcav", "random_tcav", "direction", "cav_accuracy", "p_holm"]
         parts.append(_table("Significant concepts (TCAV)", cols,
-                            [{k: _fmt(r.get(k)) for k in cols} for r in c.get("significant", [])], "tcav"))
+                            [{k: _fmt(r.get(k), k) for k in cols} for r in c.get("significant", [])], "tcav"))
         parts.append(_figure(c.get("figure"), "TCAV score by layer, one line per output; filled markers: "
                                               "significant; grey band: random concepts (mean ± sd)."))
         join = c.get("tcav_vs_sop")
@@ -101,7 +101,7 @@ def render_analysis(section: Mapping[str, Any] | None) -> str:
             cols = ["concept", "output", "tcav_significant_layers", "tcav_layer", "tcav_effect", "sop_weight_share",
                     "sop_group_share", "sop", "agrees"]
             parts.append(_table("TCAV beside SOP (the case study's weights)", cols,
-                                [{k: _fmt(r.get(k)) for k in cols} for r in join.get("rows", [])], "tcav-sop"))
+                                [{k: _fmt(r.get(k), k) for k in cols} for r in join.get("rows", [])], "tcav-sop"))
             parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in join.get("sentences", [])) + "</ul>")
             parts.append(_figure(join.get("figure"), "Left: TCAV effect (mean TCAV − random) at the deepest "
                                                      "significant layer; "
@@ -116,7 +116,7 @@ def render_analysis(section: Mapping[str, Any] | None) -> str:
         if m.get("diagonal"):
             cols = ["layer", *m.get("metrics", [])]
             parts.append(_table("Same layer in both models", cols,
-                                [{k: _fmt(r.get(k)) for k in cols} for r in m["diagonal"]], "compare"))
+                                [{k: _fmt(r.get(k), k) for k in cols} for r in m["diagonal"]], "compare"))
         for name, uri in (m.get("figures") or {}).items():
             parts.append(_figure(uri, f"Comparison: {name}"))
         if m.get("command"):
