@@ -23,7 +23,8 @@ For a layer l with activations ``a_l(x)`` (flattened, F features) and an output 
    independent draws: with one fixed concept set and one fixed random concept (as in the
    original code and Captum's tutorial) every CAV shares that set's sampling noise, the scores
    of a *random* concept cluster around a value away from the null's, and the t-test calls it
-   significant far more often than ``alpha`` (measured: ``tests/analysis/test_tcav.py``). Sharing
+   significant far more often than ``alpha`` (measured: 49 % of random concepts against 5.6 % with
+   disjoint sets, ``scripts/tcav_calibration.py``, docs/concepts.md). Sharing
    the counterparts between the two samples only makes the test conservative.
 5. **Multiple testing.** A run makes many tests (concepts × layers × outputs). The p-values are
    adjusted with the Holm–Bonferroni step-down procedure over all the tests of the run, which
@@ -59,7 +60,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones.base import BackboneAdapter, Inputs
-from .layers import LayerError, layer_activations, layer_gradients, num_inputs, select_layers
+from .layers import layer_activations, layer_gradients, num_inputs, select_layers
 
 __all__ = [
     "ConceptError",
