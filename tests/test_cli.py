@@ -17,7 +17,7 @@ def test_sop_run_writes_results_evaluation_and_report(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "synthetic" and results["command"].startswith("sop run synthetic")
     sop_row = next(r for r in results["rows"] if r["model"] == "SOP")
-    assert sop_row["max gap (logit - Σ groups)"] < 1e-5  # the prediction is the sum of the groups
+    assert sop_row["max gap (logit - b - Σ groups)"] < 1e-5  # the prediction is the sum of the groups
     assert 0.0 <= results["sop"]["error"] <= 1.0 and results["backbone"]["error"] < 0.2
     assert {r["method"] for r in results["evaluation"]["faithfulness"]} >= {"SOP", "Grad×Input"}
     assert results["peak_memory_mib"] > 0

@@ -151,10 +151,17 @@ def _task_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.T
 @torch.no_grad()
 def evaluate_model(predict: Callable[[Any], torch.Tensor], dataset: Dataset, *, task: str, batch_size: int = 32,
                    max_batches: int = 0, device: torch.device | str = "cpu", progress: bool = False,
-                   desc: str = "eval") -> dict[str, float]:
-    """Score ``predict(inputs) -> (B, C)`` on a dataset: accuracy/error or MSE, and the mean loss."""
+                   desc: str = "eval") -> dict[str, Any]:
+    """Score ``predict(inputs) -> (B, C)`` on a dataset, in order.
+
+    Classification: ``accuracy``, ``error``, mean cross-entropy ``loss``. Regression: ``mse``
+    (mean over items and outputs), ``mse_per_output`` and ``r2_per_output``
+    (R² = 1 − SSE/SST of each output over the scored items, so a predictor of the items' mean
+    scores 0), and ``loss``. Always ``n``, the number of items scored.
+    """
     device = torch.device(device)
-    n, loss_sum, correct, sq = 0, 0.0, 0, 0.0
+    n, loss_sum, correct = 0, 0.0, 0
+    sse = sy = syy = None
     total = math.ceil(len(dataset) / batch_size)
     if max_batches:
         total = min(total, max_batches)
@@ -166,12 +173,18 @@ def evaluate_model(predict: Callable[[Any], torch.Tensor], dataset: Dataset, *, 
         logits = predict(x)
         loss_sum += float(_task_loss(logits, y, task)) * len(y)
         if task == "regression":
-            sq += float(((logits - y.view_as(logits)) ** 2).mean(-1).sum())
+            t = y.view_as(logits).double()
+            err = ((logits.double() - t) ** 2).sum(0)
+            sse = err if sse is None else sse + err
+            sy = t.sum(0) if sy is None else sy + t.sum(0)
+            syy = (t ** 2).sum(0) if syy is None else syy + (t ** 2).sum(0)
         else:
             correct += int((logits.argmax(-1) == y).sum())
         n += len(y)
     if task == "regression":
-        return {"mse": sq / n, "loss": loss_sum / n, "n": n}
+        sst = (syy - sy ** 2 / n).clamp_min(1e-12)
+        return {"mse": float(sse.sum() / (n * len(sse))), "mse_per_output": (sse / n).tolist(),
+                "r2_per_output": (1 - sse / sst).tolist(), "loss": loss_sum / n, "n": n}
     return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n, "n": n}
 
 

@@ -165,3 +165,51 @@ def test_config_round_trips_and_rejects_unknown_keys():
     assert SOPConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown SOPConfig keys \\['tua'\\]"):
         SOPConfig.from_dict({"tua": 0.2})
+
+
+def test_base_value_is_the_explanations_starting_point_and_the_sum_stays_exact(vit):
+    """With a base value b the prediction is b + Σ_i w_i c_i (y_i − b), and the attributions add to it."""
+    from sumofparts import SumOfParts
+
+    torch.manual_seed(0)
+    plain = SumOfParts.from_backbone(vit, adapter="vit", num_groups=5, tau=0.25, generator_scale=1.0).eval()
+    b = [0.5, -1.0, 2.0]
+    based = SumOfParts.from_backbone(vit, adapter="vit", num_groups=5, tau=0.25, generator_scale=1.0,
+                                     base_value=b).eval()
+    based.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 16, 16)
+    out, out0 = based(x), plain(x)
+    base = torch.tensor(b)
+    assert torch.equal(out.base_value, base) and torch.equal(out0.base_value, torch.zeros(3))
+    assert torch.allclose(out.logits, base + out.group_attributions.sum(1), atol=1e-5)
+    # the same groups and group predictions: b moves the point every group shrinks towards
+    assert torch.equal(out.masks, out0.masks) and torch.equal(out.group_logits, out0.group_logits)
+    wc = (out.group_weights * out.scale.unsqueeze(-1)).sum(1)  # (B, C): Σ_i w_i c_i
+    assert torch.allclose(out.logits - out0.logits, base * (1 - wc), atol=1e-5)
+    with pytest.raises(ValueError, match="one per output"):
+        SumOfParts.from_backbone(vit, adapter="vit", num_groups=5, tau=0.25, base_value=[0.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        SumOfParts.from_backbone(vit, adapter="vit", num_groups=5, tau=0.25, base_value=[0.0, float("nan"), 1.0])
+
+
+def test_forward_masks_is_the_forward_given_groups(vit):
+    from sumofparts import SumOfParts
+    from sumofparts.model.generator import binarise_top_tau
+
+    torch.manual_seed(1)
+    sop = SumOfParts.from_backbone(vit, adapter="vit", num_groups=5, tau=0.25, generator_scale=1.0,
+                                   base_value=[0.1, 0.2, 0.3]).eval()
+    x = torch.randn(2, 1, 16, 16)
+    probs, valid = sop.candidates(x)
+    masks, c = binarise_top_tau(probs, valid, 0.25)
+    a, b = sop(x), sop.forward_masks(x, masks, c)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.masks, b.masks)
+    # other groups give another prediction, still exactly decomposed
+    other = torch.roll(masks, 1, dims=-1)
+    o = sop.forward_masks(x, other, c)
+    assert not torch.allclose(o.logits, a.logits)
+    assert torch.allclose(o.logits, o.base_value + o.group_attributions.sum(1), atol=1e-5)
+    with pytest.raises(ValueError, match="bool tensor"):
+        sop.forward_masks(x, masks.float(), c)
+    with pytest.raises(ValueError, match="scale of shape"):
+        sop.forward_masks(x, masks, c[:, :2])

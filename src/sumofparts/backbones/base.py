@@ -167,26 +167,49 @@ class BackboneAdapter(nn.Module):
         """Inputs restricted to groups: ``masks (B, G, N)`` -> a batch of B·G masked inputs."""
         raise NotImplementedError
 
-    def forward_groups(self, inputs: Inputs, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    #: the ways this family can show the backbone a group of cells: ``"zero"`` (the other cells
+    #: set to the baseline: zeroed pixels, [MASK] tokens) and, where the family allows it,
+    #: ``"drop"`` (the other cells removed from the input, e.g. ViT patch tokens).
+    masking_modes: tuple[str, ...] = ("zero",)
+
+    @property
+    def masking_mode(self) -> str:
+        """The mode :meth:`forward_groups` uses unless told otherwise."""
+        return self.masking_modes[0]
+
+    def check_masking_mode(self, mode: str | None) -> str:
+        """``mode`` (``None``: the default) checked against :attr:`masking_modes`."""
+        if mode is None:
+            return self.masking_mode
+        if mode not in self.masking_modes:
+            raise ValueError(f"masking mode {mode!r} is not available for this backbone; expected one of "
+                             f"{', '.join(self.masking_modes)}")
+        return mode
+
+    def forward_groups(self, inputs: Inputs, masks: torch.Tensor, *,
+                       mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone on every group: ``masks (B, G, N)`` bool -> logits ``(B, G, C)``, z ``(B, G, D)``.
 
         The B·G masked inputs are built and evaluated in chunks of at most
-        ``group_batch_size`` (never a Python loop over groups).
+        ``group_batch_size`` (never a Python loop over groups). ``mode``: one of
+        :attr:`masking_modes` (``None``: :attr:`masking_mode`).
         """
+        mode = self.check_masking_mode(mode)
         B, G, _ = masks.shape
         per_chunk = max(1, self.group_batch_size // G)  # whole examples per chunk
         logits, embeds = [], []
         for start in range(0, B, per_chunk):
             idx = slice(start, min(B, start + per_chunk))
             sub = self.select(inputs, idx)
-            y, z = self._forward_masked(sub, masks[idx])
+            y, z = self._forward_masked(sub, masks[idx], mode)
             logits.append(y)
             embeds.append(z)
         y = torch.cat(logits).reshape(B, G, -1)
         z = torch.cat(embeds).reshape(B, G, -1)
         return y, z
 
-    def _forward_masked(self, inputs: Inputs, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_masked(self, inputs: Inputs, masks: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of :meth:`forward_groups` in a mode of :attr:`masking_modes` (the base class: ``"zero"``)."""
         return self.forward_with_embedding(self.mask_inputs(inputs, masks))
 
     # -- layers ----------------------------------------------------------------------------------

@@ -116,10 +116,16 @@ class ViTAdapter(BackboneAdapter):
         x = inputs.unsqueeze(1) * up.unsqueeze(2).to(inputs.dtype)  # (B, G, C, H, W)
         return x.reshape(B * G, *inputs.shape[1:])
 
-    def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.drop_patches:
-            return super()._forward_masked(inputs, masks)
-        return self._forward_dropped(inputs, masks)
+    masking_modes = ("zero", "drop")
+
+    @property
+    def masking_mode(self) -> str:
+        return "drop" if self.drop_patches else "zero"
+
+    def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if mode == "drop":
+            return self._forward_dropped(inputs, masks)
+        return super()._forward_masked(inputs, masks, mode)
 
     def _forward_dropped(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep only each group's patches (plus CLS). Every group of a batch must have the same size."""

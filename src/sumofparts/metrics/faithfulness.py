@@ -168,50 +168,44 @@ class SOPCurves:
 
 @torch.no_grad()
 def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None) -> SOPCurves:
-    """Re-make SOP's groups at each k and predict with them (all S·G groups in one batched pass).
+    """Re-make SOP's groups at each k and predict with them through :meth:`SumOfParts.forward_masks`.
 
     The generator's G candidate distributions ``a_i (N,)`` are computed once. At fraction k,
     insertion group i keeps its ``max(1, floor(k · n_valid))`` most probable valid cells
     (the model's own top-tau rule with tau = k); deletion group i keeps the valid cells
     outside its top ``floor(k · n_valid)``. Each group gets scale c_i = 2·Σ_kept a_i − 1,
-    goes through the frozen backbone, is weighted by the selector, and the weighted sum is
-    SOP's output at that k.
+    and the model's own forward from given groups (backbone on each group, selector,
+    weighted sum) gives SOP's output at that k. All 2·S·G groups of an input go through the
+    backbone in one batched call.
     """
-    from ..model.generator import sample_candidates
+    from ..model.generator import group_scale
 
     was_training = sop.training
     sop.eval()
     try:
         adapter = sop.backbone
-        cfg = sop.config
         out = sop(inputs, validate=False)
         B, C = out.logits.shape
         if target is None:
-            if cfg.task == "regression":
+            if sop.config.task == "regression":
                 raise ValueError("a regression model has no predicted class: pass target= (the output to follow)")
             t = out.logits.argmax(-1)
         else:
             t = _targets(target, B, out.logits.device)
-        valid = adapter.valid_cells(inputs)
-        probs = sample_candidates(sop.generator(inputs, valid, None), valid, cfg.num_groups)  # (B, G, N)
+        probs, valid = sop.candidates(inputs)  # (B, G, N), (B, N)
         G, N = probs.shape[1:]
-        scores = probs.masked_fill(~valid[:, None, :], float("-inf"))
-        order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-        ranks = torch.empty_like(order)
-        ranks.scatter_(-1, order, torch.arange(N, device=order.device).expand_as(order))  # (B, G, N)
+        ranks = _ranks(probs.reshape(B * G, N), valid.repeat_interleave(G, 0)).reshape(B, G, N)
         counts = _step_counts(valid, steps)  # (B, S)
         S = counts.shape[1]
-        top = ranks[:, None] < counts[:, :, None, None]  # (B, S, G, N)
-        ins = ranks[:, None] < counts.clamp(min=1)[:, :, None, None]
-        ins = ins & valid[:, None, None, :]
-        dele = ~top & valid[:, None, None, :]
-        masks = torch.cat([ins, dele], 1)  # (B, 2S, G, N)
-        y, z = adapter.forward_groups(inputs, masks.reshape(B, 2 * S * G, N))
-        y = y.reshape(B * 2 * S, G, -1)
-        w = sop.selector(z.reshape(B * 2 * S, G, -1))
-        c = (2.0 * (probs[:, None] * masks).sum(-1) - 1.0).reshape(B * 2 * S, G, 1)
-        logits = (w * c * y).sum(1).reshape(B, 2 * S, -1)
-        logits_abs = (w * c.abs() * y).sum(1).reshape(B, 2 * S, -1)
+        ins = (ranks[:, None] < counts.clamp(min=1)[:, :, None, None]) & valid[:, None, None, :]  # (B, S, G, N)
+        dele = ~(ranks[:, None] < counts[:, :, None, None]) & valid[:, None, None, :]
+        masks = torch.cat([ins, dele], 1).reshape(B * 2 * S, G, N)  # one row per (input, curve point)
+        rows = torch.arange(B, device=probs.device).repeat_interleave(2 * S)
+        probs_rows = probs[rows]
+        scale = group_scale(probs_rows, masks)  # (B·2S, G)
+        inputs_rows = adapter.select(inputs, rows)
+        logits = sop.forward_masks(inputs_rows, masks, scale).logits.reshape(B, 2 * S, C)
+        logits_abs = sop.forward_masks(inputs_rows, masks, scale.abs()).logits.reshape(B, 2 * S, C)
         return SOPCurves(fractions=fractions(steps), insertion_logits=logits[:, :S],
                          deletion_logits=logits[:, S:], deletion_logits_abs_scale=logits_abs[:, S:],
                          logits=out.logits, target=t)

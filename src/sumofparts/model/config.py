@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ class SOPConfig:
         task: "classification" (logits, cross-entropy) or "regression" (one output per target, MSE).
         sequential_heads: train the heads one after another (head = step // (steps / K)) as the
             authors do; all heads' candidates are used at evaluation either way.
+        base_value: b, one value per output, or ``None`` (b = 0, the paper). The prediction is
+            ``b + Σ_i w_i c_i (y_i − b)``: with weights summing to 1 and c_i ≤ 1 a model without
+            b shrinks every prediction towards 0; with b it shrinks towards b (for regression,
+            the training targets' mean: the prior) and ``b`` is the explanation's base value.
     """
 
     num_groups: int = 20
@@ -44,6 +49,7 @@ class SOPConfig:
     selector_scale: float = 0.01
     task: Literal["classification", "regression"] = "classification"
     sequential_heads: bool = True
+    base_value: list[float] | None = None
     backbone: dict[str, Any] = field(default_factory=dict)  # the adapter's spec (filled by SumOfParts)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,13 @@ class SOPConfig:
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if self.generator_init not in ("identity", "random"):
             raise ValueError(f"generator_init must be 'identity' or 'random', got {self.generator_init!r}")
+        if self.base_value is not None:
+            if not isinstance(self.base_value, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in self.base_value):
+                raise ValueError(f"base_value must be None or a list of finite numbers (one per output), "
+                                 f"got {self.base_value!r}")
+            self.base_value = [float(v) for v in self.base_value]
         if self.generator_dim is not None and int(self.generator_dim) < 1:
             raise ValueError(f"generator_dim must be >= 1 or None, got {self.generator_dim!r}")
 

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from ..backbones.base import gaussian_kernel
+from ..ops import cell_counts, top_cells
 
-__all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau"]
+__all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau", "group_scale"]
 
 
 class GroupGenerator(nn.Module):
@@ -117,12 +118,14 @@ def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tu
     one). The mask carries no gradient; the scale ``c = Σ_top a − Σ_rest a = 2 Σ_top a − 1``
     does, and multiplies the group's logits.
     """
-    n_valid = valid.sum(-1)  # (B,)
-    k = torch.clamp(torch.floor(tau * n_valid.to(torch.float64) + 1e-9).to(torch.long), min=1)  # (B,)
-    scores = probs.detach().masked_fill(~valid[:, None, :], float("-inf"))
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    masks = ranks < k[:, None, None]
-    scale = 2.0 * (probs * masks).sum(-1) - 1.0
-    return masks, scale
+    k = cell_counts(valid, tau)  # (B,)
+    masks = top_cells(probs, valid[:, None, :], k[:, None])
+    return masks, group_scale(probs, masks)
+
+
+def group_scale(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``c = Σ_kept a − Σ_rest a = 2·Σ_kept a − 1``: ``probs (B, G, N)``, ``masks (B, G, N)`` -> ``(B, G)``.
+
+    The only path by which the generator receives a gradient (the masks carry none).
+    """
+    return 2.0 * (probs * masks).sum(-1) - 1.0

@@ -1,6 +1,7 @@
 """Typed outputs of a Sum-of-Parts model."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,6 +38,10 @@ class SOPOutput:
         masks: ``(B, G, N)`` bool, the groups on the cells.
         input_masks: ``(B, G, *S)`` bool, the groups at input resolution.
         scale: ``(B, G)``, c_i = 2·Σ_top a − 1.
+        base_value: ``(C,)``, b, what the prediction is before any group is added
+            (zeros unless the model's config sets it; for regression, e.g. the training
+            targets' mean): ``logits = base_value + Σ_i group_attributions_i`` exactly.
+        task: ``"classification"`` or ``"regression"``.
     """
 
     logits: torch.Tensor
@@ -45,11 +50,16 @@ class SOPOutput:
     masks: torch.Tensor
     input_masks: torch.Tensor
     scale: torch.Tensor
+    base_value: torch.Tensor
+    task: str = "classification"
 
     @property
     def group_attributions(self) -> torch.Tensor:
-        """``(B, G, C)``: w ⊙ c·y, each group's additive share of each output."""
-        return self.group_weights * self.scale.unsqueeze(-1) * self.group_logits
+        """``(B, G, C)``: ``w ⊙ c·(y − b)``, each group's additive share of each output.
+
+        ``logits == base_value + group_attributions.sum(1)``.
+        """
+        return self.group_weights * self.scale.unsqueeze(-1) * (self.group_logits - self.base_value)
 
     @property
     def num_groups(self) -> int:
@@ -58,7 +68,7 @@ class SOPOutput:
     def _targets(self, target: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         B, C = self.logits.shape
         if target is None:
-            if C > 1 and getattr(self, "_regression", False):
+            if C > 1 and self.task == "regression":
                 raise ValueError(f"a regression model has {C} outputs: pass target= to say which one to explain")
             t = self.logits.argmax(-1)
         elif isinstance(target, int) or (isinstance(target, torch.Tensor) and target.ndim == 0):
@@ -76,7 +86,7 @@ class SOPOutput:
 
         ``target``: an output index, one per input, or ``None`` for the predicted class.
         Summed over the cells of the input it is *not* the logit (a cell may lie in
-        several groups); summed over groups it is: ``group_attributions.sum(1) == logits``.
+        several groups); summed over groups it is: ``base_value + group_attributions.sum(1) == logits``.
         """
         t = self._targets(target)
         attr = self.group_attributions.gather(2, t.view(-1, 1, 1).expand(-1, self.num_groups, 1)).squeeze(-1)
@@ -103,11 +113,8 @@ class SOPOutput:
         ]
 
     def detach(self) -> "SOPOutput":
-        kw = {k: getattr(self, k).detach() for k in ("logits", "group_logits", "group_weights", "masks",
-                                                    "input_masks", "scale")}
-        out = type(self)(**kw)
-        out._regression = getattr(self, "_regression", False)
-        return out
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 @dataclass

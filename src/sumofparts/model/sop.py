@@ -61,6 +61,12 @@ class SumOfParts(nn.Module):
             grid=adapter.cell_grid, blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
             norm=config.generator_norm, init=config.generator_init, init_noise=config.generator_init_noise)
         self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale)
+        C = adapter.num_outputs
+        if config.base_value is not None and len(config.base_value) != C:
+            raise ValueError(f"base_value has {len(config.base_value)} entries; expected one per output ({C})")
+        base = torch.zeros(C) if config.base_value is None else torch.tensor(config.base_value, dtype=torch.float32)
+        # a buffer that is not saved: the config is where the base value lives
+        self.register_buffer("_base_value", base, persistent=False)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -95,30 +101,65 @@ class SumOfParts(nn.Module):
         """Groups, group predictions, weights and the final prediction for a batch.
 
         ``head``: use only this generator head's candidates (sequential head training);
-        ``None`` (evaluation): all heads.
+        ``None`` (evaluation): all heads. The whole computation, top to bottom:
+
+        1. ``probs = self.candidates(inputs, head=head)``: ``(B, G, N)``, the G kept candidate
+           distributions over the cells (generator attention, evenly spaced candidates);
+        2. ``masks, c = binarise_top_tau(probs, valid, tau)``: each group is the top ⌊τ·n_valid⌋
+           cells of its distribution, ``c = 2·Σ_top a − 1``;
+        3. :meth:`forward_masks`: the frozen backbone on each group, the selector's weights,
+           and ``logits = b + Σ_i w_i · c_i · (y_i − b)``.
         """
-        cfg = self.config
         if validate:
             self.backbone.validate(inputs)
+        probs, valid = self.candidates(inputs, head=head)
+        masks, scale = binarise_top_tau(probs, valid, self.config.tau)
+        return self.forward_masks(inputs, masks, scale)
+
+    def candidates(self, inputs: Any, *, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The G candidate groups as distributions over cells ``(B, G, N)``, and the valid cells ``(B, N)``.
+
+        The generator's K' attention maps give K'·n_valid candidates per input (one per head
+        and valid query cell); ``sample_candidates`` keeps G of them, evenly spaced.
+        """
+        cfg = self.config
         if head is not None and not 0 <= head < cfg.num_heads:
             raise ValueError(f"head must be in [0, {cfg.num_heads}), got {head}")
         valid = self.backbone.valid_cells(inputs)  # (B, N)
         attn = self.generator(inputs, valid, None if head is None else [head])  # (B, K', N, N)
         if self.backbone.cell_grid is not None:
-            candidates = attn.shape[1] * attn.shape[2]
-            if cfg.num_groups > candidates:
-                raise ValueError(f"num_groups={cfg.num_groups} is more than the {candidates} candidate groups")
-        probs = sample_candidates(attn, valid, cfg.num_groups)  # (B, G, N)
-        masks, scale = binarise_top_tau(probs, valid, cfg.tau)
+            available = attn.shape[1] * attn.shape[2]
+            if cfg.num_groups > available:
+                raise ValueError(f"num_groups={cfg.num_groups} is more than the {available} candidate groups")
+        return sample_candidates(attn, valid, cfg.num_groups), valid
+
+    def forward_masks(self, inputs: Any, masks: torch.Tensor, scale: torch.Tensor) -> SOPOutput:
+        """SOP's prediction from given groups: ``masks (B, G, N)`` bool and scales ``c (B, G)``.
+
+        ``y_i, z_i = h(g_i ⊙ x)`` (the frozen backbone on each group alone, no graph kept),
+        ``w = selector(z)`` (sparsemax over the G groups for each output) and
+        ``logits = b + Σ_i w_i · c_i · (y_i − b)`` with ``b`` the base value (0 unless the
+        config sets one). :meth:`forward` calls it with the generator's groups; the
+        insertion/deletion curves call it with groups re-made at each fraction.
+        """
+        if masks.ndim != 3 or masks.dtype != torch.bool:
+            raise ValueError(f"expected masks as a bool tensor (B, G, N), got {tuple(masks.shape)} {masks.dtype}")
+        if tuple(scale.shape) != tuple(masks.shape[:2]):
+            raise ValueError(f"expected scale of shape {tuple(masks.shape[:2])} (B, G), got {tuple(scale.shape)}")
         # the masks carry no gradient and the backbone is frozen: no graph through it
         with torch.no_grad():
             group_logits, z = self.backbone.forward_groups(inputs, masks)
         weights = self.selector(z)  # (B, G, C)
-        logits = (weights * scale.unsqueeze(-1) * group_logits).sum(1)
-        out = SOPOutput(logits=logits, group_logits=group_logits, group_weights=weights, masks=masks,
-                        input_masks=self.backbone.masks_to_input(masks, inputs), scale=scale)
-        out._regression = cfg.task == "regression"
-        return out
+        base = self.base_value.to(group_logits.dtype)  # (C,)
+        logits = base + (weights * scale.unsqueeze(-1) * (group_logits - base)).sum(1)
+        return SOPOutput(logits=logits, group_logits=group_logits, group_weights=weights, masks=masks,
+                         input_masks=self.backbone.masks_to_input(masks, inputs), scale=scale,
+                         base_value=base, task=self.config.task)
+
+    @property
+    def base_value(self) -> torch.Tensor:
+        """``(C,)``: b, the value the prediction starts from (``config.base_value``; zeros if unset)."""
+        return self._base_value
 
     @torch.no_grad()
     def explain(self, inputs: Any, target: int | Sequence[int] | torch.Tensor | None = None) -> GroupedExplanation:
@@ -136,7 +177,6 @@ class SumOfParts(nn.Module):
         t = out._targets(target)
         expl = GroupedExplanation(**{f.name: getattr(out, f.name) for f in dataclasses.fields(SOPOutput)},
                                   target=t, attributions=None)
-        expl._regression = out._regression
         expl.attributions = expl.attribution_map(t)
         return expl
 

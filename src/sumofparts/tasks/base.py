@@ -65,6 +65,8 @@ class Task:
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: test items the evaluation of ``sop run`` uses by default.
     eval_n: ClassVar[int] = 100
+    #: ``RobustConfig`` fields of this task's group-robust fine-tune (``sop robust-finetune``).
+    robust_defaults: ClassVar[dict[str, Any]] = {}
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
@@ -78,6 +80,20 @@ class Task:
     def make_adapter(self, model: nn.Module):
         """Wrap the backbone in its :class:`~sumofparts.backbones.BackboneAdapter`."""
         raise NotImplementedError
+
+    def augmentation(self) -> Callable[[Any, torch.Generator], Any] | None:
+        """``augment(inputs, generator) -> inputs`` for training batches of this task, or ``None``."""
+        return None
+
+    def robust_trainable(self, model: nn.Module) -> list[str] | None:
+        """Names of the backbone parameters the robust fine-tune may change (``None``: all)."""
+        return None
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        """Write ``model`` to ``path`` (safetensors + JSON sidecar holding ``record``) so that
+        ``load_backbone(data, ..., backbone=str(path))`` reads it back, and so that it can be
+        committed as the task's backbone."""
+        raise NotImplementedError(f"task {self.name!r} cannot save its backbone")
 
     def concept_sets(self, data: TaskData, adapter, **options: Any):
         """Concepts made from this task's data for TCAV (``sop concepts``): a

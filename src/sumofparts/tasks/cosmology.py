@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from ..io import atomic_directory, atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from .base import Task, TaskData, register_task
-from .cosmology_cnn import CNNTrainConfig, CosmoCNN, count_parameters, evaluate_regression, train_cnn
+from .cosmology_cnn import CNNTrainConfig, CosmoCNN, augment_d4, count_parameters, evaluate_regression, train_cnn
 
 __all__ = [
     "SimulationConfig",
@@ -574,6 +574,14 @@ class CosmologyTask(Task):
 
         return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(14, 14),
                           input_shape=tuple(getattr(model, "input_shape", (1, 66, 66))))
+
+    def augmentation(self):
+        """A random rotation by k·90° and flip per map: the simulated fields are statistically isotropic."""
+        return augment_d4
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        return save_cnn(model, path, {**record, "data_hash": data.meta["content_hash"],
+                                      "test": evaluate_regression(model, data.test)})
 
     def concept_sets(self, data: TaskData, adapter, **options):
         """Void, cluster and high-significance-cluster windows (:func:`.concepts.cosmology_concepts`)."""

@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_regression",
     "predict",
     "count_parameters",
+    "augment_d4",
 ]
 
 #: authors' state-dict prefix → ours (layers not listed keep their name).
@@ -180,7 +181,7 @@ def evaluate_regression(model: nn.Module, dataset, batch_size: int = 512) -> dic
     }
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_d4(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random element of the dihedral group D4 per map (rotation by k·90°, optional flip)."""
     code = torch.randint(0, 8, (x.shape[0],), generator=gen)
     out = torch.empty_like(x)
@@ -246,7 +247,7 @@ def train_cnn(train, val, config: CNNTrainConfig | None = None, *, progress: boo
             idx = perm[i:i + config.batch_size]
             xb = x_train[idx]
             if config.augment:
-                xb = _augment(xb, gen)
+                xb = augment_d4(xb, gen)
             loss = loss_fn(model(xb), z_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

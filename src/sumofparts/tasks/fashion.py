@@ -553,6 +553,15 @@ class FashionTask(Task):
         cache it, unless ``train_if_missing`` is False.
         """
         kind = backbone or "vit"
+        if kind.endswith(".safetensors"):
+            path = Path(kind)
+            info = read_json(path.with_suffix(".json"))
+            model = _load_checked(path, path.with_suffix(".json"), info.get("backbone", "vit"), data.meta)
+            if model is None:
+                raise ValueError(f"{path} was not trained on this Fashion-MNIST data and normalisation (its sidecar "
+                                 f"{path.with_suffix('.json')} says otherwise), or its weights do not match the "
+                                 "sidecar's sha256")
+            return model
         if kind not in TRAIN_RECIPES:
             raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
         committed = committed_weights_dir() / f"fashion_{kind}.safetensors"
@@ -580,6 +589,20 @@ class FashionTask(Task):
         record["test_accuracy"] = evaluate_accuracy(model, data.test)
         save_backbone(model, record, cached)
         return _freeze(model)
+
+    def augmentation(self):
+        """Random horizontal flips and shifts of up to 2 pixels (the backbones' training augmentation)."""
+        recipe = TRAIN_RECIPES["vit"]
+        return functools.partial(_augment, shift=recipe["shift"], flip=recipe["flip"])
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        kind = "cnn" if isinstance(model, FashionCNN) else "vit"
+        info = {**record, "backbone": kind,
+                "model_config": model.config if kind == "cnn" else record.get("model_config", vit_config()),
+                "data": {k: data.meta[k] for k in ("source_sha", "normalisation", "data_hash", "size", "seed",
+                                                   "n_train", "n_val")},
+                "test_accuracy": evaluate_accuracy(model, data.test)}
+        return save_backbone(model, info, path)
 
     def make_adapter(self, model: nn.Module):
         from ..backbones import CNNAdapter, ViTAdapter

@@ -25,7 +25,18 @@ Items
     ``max_length`` (512), the *passage* truncated when too long (``truncation="only_first"``: the
     question and answer are always kept). Inputs ``{"input_ids", "attention_mask",
     "token_type_ids"}`` (``(L,)`` int64 each; the segment ids matter for a BERT sentence pair),
-    target int64: **False = 0, True = 1** (``output_names == ["False", "True"]``).
+    target int64: **False = 0, True = 1** (``output_names == ["False", "True"]``): 1 means the
+    answer is correct for the question, ERASER's ``classification`` (the order of the
+    ``ClassLabel(names=["False", "True"])`` that the TFDS and Hugging Face ``eraser_multi_rc``
+    builders, which the authors loaded, give it).
+
+Order and subsets
+    ERASER lists the answers of one question, and the questions of one passage, next to each
+    other, so the first rows of a file are a few passages. Each split is therefore put in a
+    seeded random order, ``numpy.random.default_rng([seed, k]).permutation`` (``k`` = 0 train,
+    1 val, 2 test; ``seed`` is ``load_data``'s); ``size="small"`` keeps the first 64 / 16 / 16
+    of that order, a uniform random subset, and any prefix of a split (the evaluation's first
+    ``n`` test items) is a random sample too.
 
 Ground truth
     ``TaskData.test_foreground``: ``(n_test, L)`` bool, True on the word pieces of passage words
@@ -38,12 +49,19 @@ Backbone
     (a local directory or a hub id), else ``<cache_dir>/multirc/model``, else the hub id
     ``bert-base-uncased`` (the authors fine-tuned ``bert-base-uncased`` on MultiRC; their
     checkpoint is not published). A checkpoint without a trained classifier head is fine-tuned
-    on the train split (``train_if_missing``) and cached under ``<cache_dir>/multirc/``.
+    on the train split (``train_if_missing``) and cached under ``<cache_dir>/multirc/``, with
+    ``id2label = {0: "False", 1: "True"}`` written into its config. A checkpoint whose
+    ``id2label`` names its classes must name them in this order (case and the synonyms
+    incorrect/correct, wrong/right, no/yes do not matter); one that names them the other way round,
+    or names other classes, is refused (:func:`check_label_order`). Generic names
+    (``LABEL_0``, ``LABEL_1``) cannot be checked: index 1 is then taken to mean True, and a
+    warning is logged.
     ``HF_HUB_OFFLINE`` is respected: offline, only local directories and the local HF cache work.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -53,6 +71,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -70,7 +89,11 @@ __all__ = [
     "read_documents",
     "read_annotations",
     "encode_examples",
+    "check_label_order",
+    "split_order",
 ]
+
+log = logging.getLogger(__name__)
 
 ERASER_URL = "http://www.eraserbenchmark.com/zipped/multirc.tar.gz"
 DEFAULT_MODEL = "bert-base-uncased"
@@ -79,6 +102,10 @@ OUTPUT_NAMES = ["False", "True"]
 LABELS = {"False": 0, "True": 1}
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 SMALL_SIZES = {"train": 64, "val": 16, "test": 16}
+#: the random stream of each split's order: default_rng([seed, SPLIT_STREAM[split]])
+SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+#: words a checkpoint's id2label may use for each class (lower case)
+LABEL_WORDS = {0: {"false", "incorrect", "wrong", "no"}, 1: {"true", "correct", "right", "yes"}}
 
 
 def _offline() -> bool:
@@ -264,6 +291,36 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
             "evidence": evidence}, stats
 
 
+def split_order(n: int, seed: int, split: str) -> np.ndarray:
+    """The order of a split's ``n`` annotations: ``default_rng([seed, SPLIT_STREAM[split]]).permutation(n)``."""
+    return np.random.default_rng([seed, SPLIT_STREAM[split]]).permutation(n)
+
+
+def check_label_order(config: Any) -> str:
+    """Check that a classifier's ``id2label`` means what the data's labels mean (0 False, 1 True).
+
+    Returns ``"named"`` when the names say so, ``"assumed"`` for generic names (``LABEL_0``,
+    ``LABEL_1``) that say nothing. Raises ``ValueError`` when the model has other than 2 outputs,
+    names the classes the other way round, or names other classes.
+    """
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if sorted(id2label) != [0, 1]:
+        raise ValueError(f"the MultiRC backbone must have 2 outputs (0 False, 1 True); its id2label is {id2label}")
+    names = {i: id2label[i].strip().lower() for i in (0, 1)}
+    if names == {0: "label_0", 1: "label_1"}:
+        return "assumed"
+    if all(names[i] in LABEL_WORDS[i] for i in (0, 1)):
+        return "named"
+    expected = "{0: 'False', 1: 'True'}"
+    if all(names[i] in LABEL_WORDS[1 - i] for i in (0, 1)):
+        raise ValueError(f"the MultiRC backbone's id2label {id2label} puts True at index 0; the data's labels "
+                         f"are {expected} (ERASER's classification: 1 = the answer is correct). Swap the "
+                         "classifier's two rows (weight and bias) and its id2label, or use another checkpoint")
+    raise ValueError(f"the MultiRC backbone's id2label {id2label} does not name MultiRC's classes: expected "
+                     f"{expected} (or the generic LABEL_0, LABEL_1)")
+
+
+
 def _load_pretrained(kind: str, source: str, **kwargs):
     """from_pretrained with an error that says what to do when it is not available offline."""
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -314,7 +371,8 @@ class MultiRCTask(Task):
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
-        """The ERASER splits as given (train/val/test; ``seed`` is unused: the splits are fixed)."""
+        """The ERASER splits (train/val/test), each in a seeded random order; ``small`` keeps a
+        seeded random subset of each (module docs)."""
         if size not in ("default", "small"):
             raise ValueError(f"unknown size {size!r} for task 'multirc': expected 'default' or 'small'")
         root = find_data_dir(cache_dir, self.data_dir)
@@ -324,16 +382,21 @@ class MultiRCTask(Task):
         stats: dict[str, Any] = {}
         for split, fname in SPLIT_FILES.items():
             examples = read_annotations(root / fname)
+            order = split_order(len(examples), seed, split)
             if size == "small":
-                examples = examples[:SMALL_SIZES[split]]
+                order = order[:SMALL_SIZES[split]]
+            examples = [examples[i] for i in order]
             docs = read_documents(root, {ex["docid"] for ex in examples})
             encoded, st = encode_examples(examples, docs, tokenizer, self.max_length)
             splits[split] = MultiRCDataset(encoded, [ex["annotation_id"] for ex in examples])
             stats[split] = st
         test = splits["test"]
         meta = {
-            "source": str(root), "tokenizer": source, "size": size, "max_length": self.max_length,
-            "labels": dict(LABELS), "sizes": {k: len(v) for k, v in splits.items()},
+            "source": str(root), "tokenizer": source, "size": size, "seed": seed, "max_length": self.max_length,
+            "labels": dict(LABELS), "label_meaning": "1 (True): the answer is correct for the question",
+            "order": "each split permuted by numpy default_rng([seed, k]) (k: train 0, val 1, test 2); "
+                     "small: the first 64/16/16 of that order",
+            "sizes": {k: len(v) for k, v in splits.items()},
             "true_fraction": {k: float(v.labels.float().mean()) if len(v) else 0.0 for k, v in splits.items()},
             "passages_truncated": {k: v["passages_truncated"] for k, v in stats.items()},
             "evidence_tokens_truncated": {k: v["evidence_words_truncated"] for k, v in stats.items()},
@@ -361,9 +424,14 @@ class MultiRCTask(Task):
                     f"fine-tuned copy is cached at {tuned}; pass train_if_missing=True to fine-tune it")
             else:
                 model = _finetune(model, data, progress=progress)
+                model.config.id2label = dict(enumerate(OUTPUT_NAMES))
+                model.config.label2id = {name: i for i, name in enumerate(OUTPUT_NAMES)}
                 with atomic_directory(tuned) as tmp:
                     model.save_pretrained(tmp)
                     atomic_write_json(tmp / "sop_finetune.json", {"base": source, "data_hash": data.meta.get("data_hash")})
+        if check_label_order(model.config) == "assumed":
+            log.warning("multirc: the backbone %s names its classes LABEL_0, LABEL_1; taking index 1 to mean "
+                        "True (the answer is correct), as in the data", source)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

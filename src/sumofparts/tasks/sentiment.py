@@ -561,6 +561,8 @@ class SentimentTask(Task):
         and cached there.
         """
         variant = backbone or DEFAULT_VARIANT
+        if variant.endswith(".safetensors"):
+            return self._load_file(Path(variant), data)
         if variant not in VARIANTS:
             raise ValueError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
         shash, thash = data.meta.get("split_hash"), data.meta.get("tokenizer_hash")
@@ -591,6 +593,45 @@ class SentimentTask(Task):
         save_tensors(cache, tensors)
         atomic_write_json(cache.with_suffix(".json"), {**record, "split_hash": shash, "tokenizer_hash": thash})
         return model
+
+    def _load_file(self, path: Path, data: TaskData, variant: str | None = None) -> nn.Module:
+        """A backbone from a weights file in the committed format (``<variant>/<key>`` fp16 tensors + sidecar)."""
+        info = read_json(path.with_suffix(".json"))
+        variant = variant or info.get("default_variant", DEFAULT_VARIANT)
+        if info.get("split_hash") != data.meta.get("split_hash") or \
+                info.get("tokenizer_hash") != data.meta.get("tokenizer_hash"):
+            raise ValueError(f"{path} was trained on another split or tokenizer (split {info.get('split_hash')}, "
+                             f"this data {data.meta.get('split_hash')})")
+        if variant not in info.get("variants", {}):
+            raise ValueError(f"{path} holds no variant {variant!r}; it has {sorted(info.get('variants', {}))}")
+        return self._overlay(load_tensors(path), variant, info.get("seed", 0))
+
+    def robust_trainable(self, model: nn.Module) -> list[str]:
+        """Only the tensors the default variant trains (and commits): the top two layers, pooler, classifier."""
+        return trained_keys(model, DEFAULT_VARIANT)
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        """Replace the default variant's tensors (fp16) in a copy of the source weights file and its sidecar."""
+        source = Path(record.get("source", {}).get("path") or committed_weights_path())
+        tensors = load_tensors(source)
+        info = read_json(source.with_suffix(".json"))
+        state = model.state_dict()
+        keys = trained_keys(model, DEFAULT_VARIANT)
+        for key in keys:
+            tensors[f"{DEFAULT_VARIANT}/{key}"] = state[key].detach().to(torch.float16)
+        path = Path(path)
+        save_tensors(path, tensors, metadata={"split_hash": info["split_hash"], "tokenizer_hash": info["tokenizer_hash"]})
+        reloaded = self._overlay(load_tensors(path), DEFAULT_VARIANT, info.get("seed", 0))
+        variant = dict(info["variants"][DEFAULT_VARIANT])
+        variant.update({k: v for k, v in record.items() if k != "source"})
+        variant.update(val_accuracy_fp16=evaluate_accuracy(reloaded, data.val),
+                       test_accuracy_fp16=evaluate_accuracy(reloaded, data.test),
+                       small_test_accuracy_fp16=evaluate_accuracy(reloaded, data.test.subset(SMALL_SIZES[2])))
+        variant.pop("masked_finetune", None)
+        info["variants"][DEFAULT_VARIANT] = variant
+        info["size_bytes"] = path.stat().st_size
+        atomic_write_json(path.with_suffix(".json"), info)
+        return path
 
     @staticmethod
     def _overlay(tensors: dict[str, torch.Tensor], variant: str, seed: int) -> nn.Module:
