@@ -55,13 +55,26 @@ def test_agreement_uses_the_deepest_significant_layer_and_the_weight_interval():
     assert order["cluster"]["tcav_raises_more"] == "sigma_8" and order["cluster"]["agrees"]
     assert join["summary"] == {"agree": 3, "compared": 3, "orderings_agree": 2, "orderings_compared": 2}
     text = tcav_vs_sop_markdown(join, command="sop concepts cosmology --checkpoint x")
-    assert "| void | Omega_m | early (-), late (+) | late: +0.400 | 50.0% [40.0%, 60.0%] | 20.0% | enriched (x2.50) | yes |" \
+    assert "| void | Omega_m | early (-), late (+) | late: +0.400 | 50.0% [40.0%, 60.0%] | 20.0% | enriched, x2.50 | yes |" \
         in text
     # a disagreement: SOP relies on voids for sigma_8 while TCAV says they lower it
     case["shares"]["void"][1], case["bootstrap"]["shares"]["void"]["low"][1] = 0.5, 0.45
     case["bootstrap"]["shares"]["void"]["high"][1] = 0.55
     assert {(r["concept"], r["output"]): r for r in tcav_vs_sop(result, sets, case)["rows"]}[("void", "sigma_8")][
         "agrees"] is False
+
+
+def test_no_comparison_for_an_output_sop_gets_wrong():
+    """The case study's rule: below its minimum R² for an output, SOP's weights for it are not compared."""
+    result, sets, case = _fixture()
+    case["r2"], case["min_r2"] = [-2.2, 0.88], 0.7
+    join = tcav_vs_sop(result, sets, case)
+    rows = {(r["concept"], r["output"]): r for r in join["rows"]}
+    assert rows[("void", "Omega_m")]["sop"] == "not stated (SOP's R² -2.20 < 0.7)"
+    assert rows[("void", "Omega_m")]["agrees"] is None and rows[("void", "sigma_8")]["agrees"] is True
+    assert all(o["agrees"] is None and not o["stated"] for o in join["orderings"])
+    assert join["summary"] == {"agree": 2, "compared": 2, "orderings_agree": 0, "orderings_compared": 0}
+    assert "no comparison, SOP's R² for Omega_m is -2.20" in " ".join(join["sentences"])
 
 
 def test_tables_and_figure_of_a_result():

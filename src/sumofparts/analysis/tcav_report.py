@@ -12,7 +12,9 @@
 * **SOP** (the selector): how much of output j's weight goes to groups of that kind? Its share
   of the weight (with the case study's bootstrap interval) against its share of the *groups*;
   ``enrichment = weight share / group share``; *enriched* when the interval lies above the
-  group share, *depleted* when below, *unclear* otherwise.
+  group share, *depleted* when below, *unclear* otherwise; *not stated* when SOP's own R² for the
+  output is below the case study's minimum (the weights of a model that gets the output wrong
+  say nothing about it — the case study's rule, kept here).
 
 They **agree** for output j when the concept raises the output in TCAV's deepest significant
 layer and SOP's weight on it is enriched, or when it lowers the output (or is nowhere
@@ -166,8 +168,12 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
             deepest = sig[-1] if sig else None
             share, low, high = case["shares"][k][j], boot[k]["low"][j], boot[k]["high"][j]
             sop = "enriched" if low > group_share else ("depleted" if high < group_share else "unclear")
+            r2 = (case.get("r2") or [None] * len(names))[j]
+            if r2 is not None and case.get("min_r2") is not None and not r2 >= case["min_r2"]:
+                # the case study's own rule: no conclusion from the weights of an output SOP gets wrong
+                sop = f"not stated (SOP's R² {r2:.2f} < {case['min_r2']:g})"
             direction = deepest.direction if deepest else "none"
-            agrees = None if sop == "unclear" else ((direction == "+") == (sop == "enriched"))
+            agrees = None if sop not in ("enriched", "depleted") else ((direction == "+") == (sop == "enriched"))
             rows.append({
                 "concept": c.name, "sop_kind": k, "output": out, "output_index": j,
                 "tcav_significant_layers": [f"{t.layer} ({t.direction})" for t in sig],
@@ -177,7 +183,8 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
                                             "significant": t.significant} for t in tests},
                 "sop_weight_share": share, "sop_share_low": low, "sop_share_high": high,
                 "sop_group_share": group_share, "sop_enrichment": share / group_share if group_share else float("nan"),
-                "sop_mean_weight_per_group": case["mean_weight_per_group"][k][j], "sop": sop, "agrees": agrees,
+                "sop_mean_weight_per_group": case["mean_weight_per_group"][k][j], "sop_r2": r2, "sop": sop,
+                "agrees": agrees,
             })
     orderings = []
     for c in concepts:
@@ -188,10 +195,11 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
         sop_more = a["output"] if a["sop_weight_share"] > b["sop_weight_share"] else b["output"]
         ta, tb = a["tcav_effect"], b["tcav_effect"]
         tcav_more = None if ta == tb else (a["output"] if ta > tb else b["output"])
+        stated = all(r["sop"] in ("enriched", "depleted", "unclear") for r in (a, b))
         orderings.append({"concept": c, "outputs": [a["output"], b["output"]], "sop_weighs_more_for": sop_more,
                           "sop_share_difference": a["sop_weight_share"] - b["sop_weight_share"],
-                          "tcav_raises_more": tcav_more, "tcav_effects": [ta, tb],
-                          "agrees": None if tcav_more is None else tcav_more == sop_more})
+                          "tcav_raises_more": tcav_more, "tcav_effects": [ta, tb], "stated": stated,
+                          "agrees": None if tcav_more is None or not stated else tcav_more == sop_more})
     n_rows = [r["agrees"] for r in rows if r["agrees"] is not None]
     n_ord = [o["agrees"] for o in orderings if o["agrees"] is not None]
     return {"rows": rows, "orderings": orderings, "sentences": _sentences(rows, orderings),
@@ -203,7 +211,8 @@ def tcav_vs_sop(result: TCAVResult, sets: ConceptSets, case: dict[str, Any]) -> 
                 "sop_weight_share": "share of the selector's weight for the output on groups of the kind "
                                     "(case study, 95% bootstrap interval over maps)",
                 "sop_group_share": "share of all groups that are of the kind",
-                "sop": "enriched / depleted: the weight-share interval lies above / below the group share",
+                "sop": "enriched / depleted: the weight-share interval lies above / below the group share; not "
+                       "stated when SOP's R² for the output is below the case study's minimum (min_r2)",
                 "agrees": "TCAV raises the output (+) and SOP enriched, or TCAV lowers it (-) or none and SOP "
                           "depleted (None when SOP is unclear)",
                 "ordering": "the output with the larger signed TCAV effect is the one with the larger SOP share"}}
@@ -217,12 +226,16 @@ def _sentences(rows: Sequence[dict], orderings: Sequence[dict]) -> list[str]:
         sop = (f"SOP: {r['sop_weight_share']:.1%} of the weight [{r['sop_share_low']:.1%}, {r['sop_share_high']:.1%}] "
                f"on {r['sop_group_share']:.1%} of the groups ({r['sop']}, x{r['sop_enrichment']:.2f})")
         verdict = {True: "agree", False: "disagree", None: "SOP unclear"}[r["agrees"]]
+        if r["sop"].startswith("not stated"):
+            verdict = f"no comparison, SOP's R² for {r['output']} is {r['sop_r2']:.2f}"
         out.append(f"{r['concept']} for {r['output']}: {tcav}; {sop} -> {verdict}.")
     for o in orderings:
         raises = ("TCAV effects equal" if o["tcav_raises_more"] is None else
                   f"TCAV's effect is larger for {o['tcav_raises_more']} ({o['tcav_effects'][0]:+.2f} vs "
                   f"{o['tcav_effects'][1]:+.2f})")
         verdict = "" if o["agrees"] is None else (" -> agree" if o["agrees"] else " -> disagree")
+        if not o["stated"]:
+            verdict = " -> no comparison (SOP not accurate enough on one output)"
         out.append(f"{o['concept']}: SOP weighs it more for {o['sop_weighs_more_for']} "
                    f"({o['sop_share_difference']:+.1%} share, {o['outputs'][0]} - {o['outputs'][1]}); {raises}{verdict}.")
     return out
@@ -237,17 +250,19 @@ def tcav_vs_sop_markdown(join: dict[str, Any], *, command: str | None = None, fi
              "share of groups | SOP | agree |", "|---|---|---|---|---|---|---|---|"]
     for r in join["rows"]:
         verdict = {True: "yes", False: "no", None: "SOP unclear"}[r["agrees"]]
+        if r["sop"].startswith("not stated"):
+            verdict = "–"
         deepest = f"{r['tcav_layer']}: {r['tcav_effect']:+.3f}" if r["tcav_layer"] else "none"
         lines.append(f"| {r['concept']} | {r['output']} | {', '.join(r['tcav_significant_layers']) or 'none'} | "
                      f"{deepest} | {r['sop_weight_share']:.1%} [{r['sop_share_low']:.1%}, {r['sop_share_high']:.1%}] | "
-                     f"{r['sop_group_share']:.1%} | {r['sop']} (x{r['sop_enrichment']:.2f}) | {verdict} |")
+                     f"{r['sop_group_share']:.1%} | {r['sop']}, x{r['sop_enrichment']:.2f} | {verdict} |")
     lines += ["", "## Which output does the concept matter more for?", "",
               "| concept | SOP weighs it more for | share difference | TCAV raises more | effects | agree |",
               "|---|---|---|---|---|---|"]
     for o in join["orderings"]:
         lines.append(f"| {o['concept']} | {o['sop_weighs_more_for']} | {o['sop_share_difference']:+.1%} | "
                      f"{o['tcav_raises_more'] or '-'} | {o['tcav_effects'][0]:+.3f} / {o['tcav_effects'][1]:+.3f} "
-                     f"| {'-' if o['agrees'] is None else ('yes' if o['agrees'] else 'no')} |")
+                     f"| {('-' if o['agrees'] is None else ('yes' if o['agrees'] else 'no')) if o['stated'] else 'not stated'} |")
     lines += ["", "## In words", ""] + [f"* {s}" for s in join["sentences"]] + ["", "## Definitions", ""]
     lines += [f"* **{k}**: {v}" for k, v in join["definitions"].items()] + [""]
     if figure:
