@@ -12,9 +12,10 @@ from typing import Any, Sequence
 __all__ = ["main", "build_parser"]
 
 #: modules that add subcommands with a ``register(subparsers)`` function
-_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli",
-            "sumofparts.analysis.compare_cli",
-            "sumofparts.analysis.concepts_cli"]
+_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli"]
+_PLUGINS += ["sumofparts.segmentation.cli"]
+_PLUGINS += ["sumofparts.analysis.compare_cli"]
+_PLUGINS += ["sumofparts.analysis.concepts_cli"]
 
 
 def _threads(n: int | None) -> None:

@@ -323,7 +323,8 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
                 t_batch = time.perf_counter()
                 _evaluate_batch(key, spec, sop, x, y, fg, accs[key], curve_sums, steps=steps, fraction=fraction,
                                 kind=kind, regression_target=regression_target,
-                                fidelity_classes=C if C <= fidelity_max_classes else 0)
+                                fidelity_classes=C if C <= fidelity_max_classes and "fidelity" not in
+                                _inapplicable(spec) else 0)
                 method_seconds[key] += time.perf_counter() - t_batch
                 if robustness and b == 0 and spec["role"] == "posthoc" and isinstance(x, torch.Tensor):
                     robust[key] = _robustness(spec["method"], adapter, x, seed)
@@ -388,6 +389,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
                                                         torch.cat(cs["labels"]), M.fractions(steps), task=kind)}
     for key, spec in plan.items():
         notes.extend(spec.get("notes", []))
+    _mark_inapplicable(plan, accuracy_rows, faithfulness_rows, notes, metric)
 
     try:
         import captum
@@ -621,6 +623,33 @@ def _evaluate_batch(key: str, spec: dict[str, Any], sop: SumOfParts, x: Any, y: 
     ins_logits = M.masked_predictions(adapter, x, cells, steps, mode="insertion")
     del_logits = M.masked_predictions(adapter, x, cells, steps, mode="deletion")
     add_curves(ins_logits, del_logits, target)
+
+
+def _inapplicable(spec: dict[str, Any]) -> dict[str, str]:
+    """``{metric: reason}`` for the metrics that say nothing about this plan entry's method."""
+    method = spec.get("method")
+    return method.inapplicable_metrics() if hasattr(method, "inapplicable_metrics") else {}
+
+
+def _mark_inapplicable(plan: dict[str, dict[str, Any]], accuracy_rows: list[dict[str, Any]],
+                       faithfulness_rows: list[dict[str, Any]], notes: list[str], metric: str) -> None:
+    """Blank the cells of metrics that do not apply to a method (e.g. a neuron method explains a unit,
+    not the output) and give the method's reason under the table instead of any other note."""
+    columns = {"prediction": [metric, f"{metric}_std"], "fidelity": ["fidelity", "fidelity_std"],
+               "insertion": ["insertion", "insertion_std", "insertion_raw"],
+               "deletion": ["deletion", "deletion_std", "deletion_raw"], "infidelity": ["infidelity"]}
+    for spec in plan.values():
+        reasons = _inapplicable(spec)
+        for table, label in ((accuracy_rows, spec.get("accuracy_row")), (faithfulness_rows, spec.get("faithfulness_row"))):
+            row = next((r for r in table if label and r["method"] == label), None)
+            for what, reason in reasons.items():
+                cols = [c for c in columns.get(what, []) if row is not None and c in row]
+                if not cols:
+                    continue
+                for c in cols:
+                    row[c] = None
+                notes[:] = [n for n in notes if not n.startswith(f"{label}: {cols[0]}:")]
+                notes.append(f"{label}: {cols[0]}: {reason}")
 
 
 def _own_model(method):

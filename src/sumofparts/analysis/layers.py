@@ -19,13 +19,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..backbones.base import BackboneAdapter, Inputs, UnknownLayerError
 
 __all__ = ["LayerError", "select_layers", "layer_activations", "layer_gradients", "concat_inputs", "num_inputs"]
 
 
-class LayerError(ValueError):
-    """A layer name the model does not have, or a layer that did not run."""
+class LayerError(UnknownLayerError):
+    """A layer that cannot be read: a name the model does not have, or a layer its forward does
+    not run (a :class:`~sumofparts.backbones.base.UnknownLayerError`, so a ``ValueError``)."""
 
 
 def select_layers(available: Mapping[str, nn.Module], names: Sequence[str] | None = None) -> dict[str, nn.Module]:

@@ -11,8 +11,12 @@
 Names (lowercase, stable): the post-hoc methods ``saliency, smoothgrad, gradxinput,
 intgrad, deeplift, guided_backprop, deconvolution, gradcam, guided_gradcam, lrp,
 feature_ablation, occlusion, shapley, kernelshap, lime, rise``; the self-attributing
-``fresh, bagnet, sop``; and ``"<post-hoc name>-f"`` for the "-F" conversion of any
-post-hoc method (options: ``tau`` plus the wrapped method's own). See docs/methods.md.
+``fresh, bagnet, sop``; the layer methods ``layer_intgrad, layer_gradcam,
+layer_conductance, layer_activation, layer_gradxactivation`` (option ``layer=`` a name from
+``adapter.named_layers()``) and the neuron methods ``neuron_intgrad, neuron_conductance,
+neuron_gradient`` (options ``layer=``, ``neuron=(unit, *position)``); and ``"<post-hoc
+name>-f"`` for the "-F" conversion of any post-hoc method (options: ``tau`` plus the wrapped
+method's own). See docs/methods.md.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, C
                              EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
                              GuidedGradCAM, IntegratedGradients, KernelSHAP, Occlusion, Saliency,
                              ShapleyValueSampling, SmoothGrad)
+from .layer_methods import (LAYER_METHODS, NEURON_METHODS, LayerActivation, LayerConductance, LayerGradCAM,
+                            LayerGradientXActivation, LayerIntegratedGradients, LayerMethod, NeuronConductance,
+                            NeuronGradient, NeuronIntegratedGradients, NeuronMethod)
 from .rise import RISE
 from .self_attributing import FRESH, BagNetMethod, BagNetModel, FConversion, SOPMethod
 
@@ -33,10 +40,14 @@ __all__ = [
     "Saliency", "SmoothGrad", "GradientXInput", "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution",
     "GradCAM", "GuidedGradCAM", "LRP", "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME",
     "RISE", "FRESH", "FConversion", "SOPMethod", "BagNetModel", "BagNetMethod", "DEFAULT_SAMPLE_BUDGET",
+    "LayerMethod", "NeuronMethod", "LayerIntegratedGradients", "LayerGradCAM", "LayerConductance", "LayerActivation",
+    "LayerGradientXActivation", "NeuronIntegratedGradients", "NeuronConductance", "NeuronGradient", "LAYER_METHODS",
+    "NEURON_METHODS",
 ]
 
 #: post-hoc methods: name -> class (each also has a "<name>-f" form)
-POST_HOC_METHODS: dict[str, type[AttributionMethod]] = {**CAPTUM_METHODS, "rise": RISE}
+POST_HOC_METHODS: dict[str, type[AttributionMethod]] = {**CAPTUM_METHODS, "rise": RISE, **LAYER_METHODS,
+                                                         **NEURON_METHODS}
 #: self-attributing methods: name -> class
 SELF_ATTRIBUTING_METHODS: dict[str, type[AttributionMethod]] = {"fresh": FRESH, "bagnet": BagNetMethod,
                                                                   "sop": SOPMethod}

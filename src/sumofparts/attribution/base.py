@@ -199,7 +199,8 @@ class AttributionMethod:
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def is_text(self) -> bool:
-        return not isinstance(self.adapter.cell_grid, tuple)
+        """The inputs are token ids: gradient methods work on the word embeddings (``adapter.token_inputs``)."""
+        return bool(self.adapter.token_inputs)
 
     def _prepare(self, inputs: Inputs, target: Target) -> torch.Tensor:
         self.adapter.validate(inputs)
@@ -237,6 +238,15 @@ class AttributionMethod:
             idx = cell_representatives(self.adapter, inputs).to(attr.device)
             return attr.reshape(attr.shape[0], -1)[:, idx].to(torch.float32)
         return self.adapter.pool_to_cells(attr, inputs)
+
+    def inapplicable_metrics(self) -> dict[str, str]:
+        """Evaluation metrics that say nothing about this method's attributions, each with the reason.
+
+        Keys: ``"prediction"`` (the error / MSE of the method's "-F" prediction),
+        ``"fidelity"``, ``"insertion"``, ``"deletion"``, ``"infidelity"``. ``sop evaluate`` shows those cells as
+        N/A with the reason under the table. Default: none (every metric applies).
+        """
+        return {}
 
     def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
         """Grouped methods only: masks ``(B, G, N)``, scores ``(B, G)``, prediction ``(B, C)``."""

@@ -119,6 +119,9 @@ class FConversion(_OneGroupMethod):
     def cell_importance(self, inputs: Inputs, target: torch.Tensor) -> torch.Tensor:
         return self.method.attribute_cells(inputs, target)
 
+    def inapplicable_metrics(self) -> dict[str, str]:
+        return self.method.inapplicable_metrics()
+
     @torch.no_grad()
     def predict(self, inputs: Inputs) -> torch.Tensor:
         self.adapter.validate(inputs)

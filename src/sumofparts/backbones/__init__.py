@@ -5,13 +5,13 @@ from typing import Any
 
 from torch import nn
 
-from .base import BackboneAdapter
+from .base import BackboneAdapter, UnknownLayerError
 from .bert import BertAdapter
 from .cnn import CNNAdapter, build_cnn_from_factory
 from .tabular import IdentityHead, TabularAdapter
 from .vit import ViTAdapter
 
-__all__ = ["BackboneAdapter", "BertAdapter", "CNNAdapter", "ViTAdapter", "TabularAdapter", "IdentityHead", "adapter_from_spec", "ADAPTERS"]
+__all__ = ["BackboneAdapter", "UnknownLayerError", "BertAdapter", "CNNAdapter", "ViTAdapter", "TabularAdapter", "IdentityHead", "adapter_from_spec", "ADAPTERS"]
 
 ADAPTERS: dict[str, type[BackboneAdapter]] = {"vit": ViTAdapter, "cnn": CNNAdapter, "bert": BertAdapter,
                                               "tabular": TabularAdapter}

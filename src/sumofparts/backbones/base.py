@@ -14,18 +14,26 @@ An adapter wraps a frozen backbone ``h`` and answers four questions for
    inputs going through the backbone in batches of at most ``group_batch_size``.
 4. **Where is the classifier?** ``classifier_weight``: ``(C, D)``.
 
+For layer and neuron attribution it also names the backbone's layers:
+``named_layers()`` (name -> module, in forward order), ``layer(name)`` (an unknown name
+raises :class:`UnknownLayerError` listing the valid ones), ``default_layer()``, and
+``layer_view(name)``, a context in which one module's output is ``(B, K, *positions)``:
+the layer's K units first, then its positions laid out like the cells (an image grid
+``(h, w)``, a token sequence ``(L,)``, or nothing for a layer without positions).
+
 Adding a model family means writing one subclass of :class:`BackboneAdapter`.
 The backbone's parameters are frozen (``requires_grad=False``) and it stays in
 eval mode whatever mode the surrounding module is put in.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "describe"]
+__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "LayerView", "UnknownLayerError", "describe"]
 
 #: an image tensor (B, C, H, W) or a dict of text tensors {"input_ids": (B, L), "attention_mask": (B, L)}
 Inputs = Any
@@ -58,6 +66,22 @@ class ClassifierInputCapture:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+class UnknownLayerError(ValueError):
+    """A layer name the adapter does not know; the message lists the names it does."""
+
+
+class LayerView(nn.Module):
+    """Identity module: the place where a layer's output is seen as ``(B, K, *positions)``.
+
+    :meth:`BackboneAdapter.layer_view` routes a layer's output through it (reshaped into
+    that layout and back), so that Captum's layer and neuron methods, given this module,
+    attribute to the layer's units at each position.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class BackboneAdapter(nn.Module):
@@ -212,33 +236,12 @@ class BackboneAdapter(nn.Module):
         """One chunk of :meth:`forward_groups` in a mode of :attr:`masking_modes` (the base class: ``"zero"``)."""
         return self.forward_with_embedding(self.mask_inputs(inputs, masks))
 
-    # -- layers ----------------------------------------------------------------------------------
-    def named_layers(self) -> dict[str, nn.Module]:
-        """The backbone's representation layers, input side first: ``{dotted name: module}``.
-
-        Names are those of ``self.model.named_modules()`` (what Captum's layer methods and the
-        ``--layers`` options of ``sop concepts`` / ``sop compare`` take). The classifier is not
-        included: its input is the last representation, its output the logits. Default (CNN,
-        tabular): every leaf module but the classifier and dropout, in registration order;
-        the transformer adapters list their blocks instead.
-        """
-        out: dict[str, nn.Module] = {}
-        for name, module in self.model.named_modules():
-            if (name and next(module.children(), None) is None and module is not self.classifier
-                    and not isinstance(module, nn.Dropout)):
-                out[name] = module
-        return out
-
+    # -- layers of the generator's copy (concepts, model comparison) -------------------------
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The layers of the generator's trainable encoder copy (from :meth:`make_encoder`) that
         correspond to :meth:`named_layers`, under the same names: the layers the copy holds and
         runs. Empty when the encoder is not a copy of the backbone (tabular)."""
         return {}
-
-    def _names_of(self, modules: list[nn.Module]) -> dict[str, nn.Module]:
-        """``{dotted name in self.model: module}`` for modules of the backbone (by identity)."""
-        names = {id(m): n for n, m in self.model.named_modules()}
-        return {names[id(m)]: m for m in modules if m is not None}
 
     # -- resolution ----------------------------------------------------------------------------
     def masks_to_input(self, masks: torch.Tensor, inputs: Inputs | None = None) -> torch.Tensor:
@@ -272,6 +275,89 @@ class BackboneAdapter(nn.Module):
         flat = attributions.reshape(B, -1).to(torch.float32)
         out = torch.zeros(B, N, dtype=flat.dtype, device=flat.device)
         return out.scatter_add_(1, ids.reshape(1, -1).expand(B, -1).to(flat.device), flat)
+
+    # -- layers: layer and neuron attribution ---------------------------------------------------
+    #: inputs are token ids: gradient methods differentiate with respect to the word embeddings
+    token_inputs: bool = False
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        """The backbone's layers a user may name, input side first: ``{dotted name: module}``.
+
+        Names are those of ``self.model.named_modules()``. Default (CNN, tabular): every leaf
+        module but the classifier (its output is the logits) and dropout, in registration order;
+        the transformer adapters list their embeddings and blocks instead.
+        """
+        out: dict[str, nn.Module] = {}
+        for name, module in self.model.named_modules():
+            if (name and next(module.children(), None) is None and module is not self.classifier
+                    and not isinstance(module, nn.Dropout)):
+                out[name] = module
+        return out
+
+    def _names_of(self, modules: list[nn.Module | None]) -> dict[str, nn.Module]:
+        """``{dotted name in self.model: module}`` for modules of the backbone (by identity)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return {names[id(m)]: m for m in modules if m is not None}
+
+    def layer(self, name: str) -> nn.Module:
+        """The module called ``name``; an unknown name raises :class:`UnknownLayerError` listing the valid ones."""
+        layers = self.named_layers()
+        if not isinstance(name, str) or name not in layers:
+            raise UnknownLayerError(f"unknown layer {name!r} for this {self.family} backbone; expected one of: "
+                                    f"{', '.join(layers)}")
+        return layers[name]
+
+    def default_layer(self) -> str:
+        """The layer that layer methods and Grad-CAM use when none is named."""
+        raise UnknownLayerError(f"the {self.family} adapter has no default layer: name one of "
+                                f"{', '.join(self.named_layers())}")
+
+    def layer_entering(self, index: int) -> str:
+        """The layer whose output enters encoder block ``index`` (transformer backbones)."""
+        raise NotImplementedError(f"the {self.family} backbone has no encoder blocks to index; name a layer "
+                                  f"instead (one of {', '.join(self.named_layers())})")
+
+    def layer_positions(self, name: str) -> int:
+        """How many position axes the layer's view has that lie on the input's cell layout:
+        2 (an image grid), 1 (a token sequence) or 0 (none: e.g. a fully connected layer)."""
+        raise NotImplementedError(f"the {self.family} adapter does not say where its layers' units lie "
+                                  "(implement layer_positions)")
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """A layer's output -> ``(B, K, *positions)`` (see :meth:`layer_view`). Default: unchanged."""
+        return output
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`layer_grid`: the layer's output rebuilt from ``grid``."""
+        return grid
+
+    @contextlib.contextmanager
+    def layer_view(self, name: str) -> Iterator[nn.Module]:
+        """A module whose output is layer ``name``'s output as ``(B, K, *positions)``.
+
+        Default: the layer module itself (its output already has that layout). Adapters
+        whose layers output something else (tokens ``(B, T, D)``) yield a :class:`LayerView`
+        through which a forward hook on the layer routes ``layer_grid(output)``, putting
+        ``layer_from_grid`` of the view's (possibly replaced) output back in its place; the
+        hook is removed on exit.
+        """
+        yield self.layer(name)
+
+    @contextlib.contextmanager
+    def _hooked_view(self, name: str) -> Iterator[nn.Module]:
+        module = self.layer(name)
+        view = LayerView()
+
+        def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (self.layer_from_grid(view(self.layer_grid(output[0])), output[0]), *output[1:])
+            return self.layer_from_grid(view(self.layer_grid(output)), output)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            yield view
+        finally:
+            handle.remove()
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
@@ -315,3 +401,60 @@ def check_image_batch(x: Any, channels: int, size: tuple[int, int]) -> None:
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
 
+
+
+class EncoderLayers:
+    """Layers of a transformer backbone (mixed into the ViT and BERT adapters).
+
+    The embedding module and every encoder block (and :meth:`final_token_layers`, e.g. a ViT's
+    final LayerNorm) output tokens ``(B, T, D)``, seen as ``(D, *positions)`` through a hook
+    (:meth:`layer_grid`); :meth:`pooled_layers` (e.g. BERT's pooler, ``(B, D)``) have no
+    positions. Names are the model's own dotted names. The default layer is the one whose output
+    *enters* the last block: after the last block only the CLS token reaches a ViT's classifier,
+    so a layer method there would give every patch 0.
+    """
+
+    #: position axes of a token layer's view: 2 (a patch grid) or 1 (a token sequence)
+    token_positions: int = 1
+
+    def embedding_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def final_token_layers(self) -> list[nn.Module]:
+        return []
+
+    def pooled_layers(self) -> list[nn.Module]:
+        return []
+
+    def _token_layers(self) -> dict[str, nn.Module]:
+        return self._names_of([self.embedding_module(), *self.encoder_blocks(), *self.final_token_layers()])
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        return {**self._token_layers(), **self._names_of(self.pooled_layers())}
+
+    def layer_entering(self, index: int) -> str:
+        blocks = list(self.encoder_blocks())
+        n = len(blocks)
+        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+            raise ValueError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
+        i = index % n
+        module = self.embedding_module() if i == 0 else blocks[i - 1]
+        return next(iter(self._names_of([module])))
+
+    def default_layer(self) -> str:
+        return self.layer_entering(-1)
+
+    def layer_positions(self, name: str) -> int:
+        self.layer(name)
+        return self.token_positions if name in self._token_layers() else 0
+
+    @contextlib.contextmanager
+    def layer_view(self, name: str) -> Iterator[nn.Module]:
+        if name in self._token_layers():
+            with self._hooked_view(name) as view:
+                yield view
+        else:
+            yield self.layer(name)

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, describe
+from .base import BackboneAdapter, EncoderLayers, describe
 
 __all__ = ["BertAdapter"]
 
@@ -31,7 +31,7 @@ class _TokenEncoder(nn.Module):
         return out.hidden_states[self.generator_layer]
 
 
-class BertAdapter(BackboneAdapter):
+class BertAdapter(EncoderLayers, BackboneAdapter):
     """A BERT-family ``*ForSequenceClassification`` model as an SOP backbone.
 
     Inputs are dicts ``{"input_ids": (B, L), "attention_mask": (B, L)}`` (``token_type_ids``
@@ -39,6 +39,10 @@ class BertAdapter(BackboneAdapter):
     part of a group (``valid_cells``). A group keeps its tokens; every other real token
     is replaced by a fixed embedding (the ``[MASK]`` token's word embedding) while the
     special tokens stay and padding stays out of attention.
+
+    Layers (layer and neuron attribution): ``bert.embeddings``, ``bert.encoder.layer.0`` ...
+    (the model's own names), each seen as ``(B, D, L)``: D units at each of the L token positions
+    (the cells); and the pooler, ``(B, D)``, without positions.
 
     Args:
         model: e.g. ``BertForSequenceClassification`` (anything with ``base_model``,
@@ -50,6 +54,7 @@ class BertAdapter(BackboneAdapter):
     """
 
     family = "bert"
+    token_inputs = True
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, special_token_ids: Iterable[int] | None = None,
                  mask_token_id: int | None = None, generator_layer: int = -2, group_batch_size: int = 256):
@@ -121,13 +126,7 @@ class BertAdapter(BackboneAdapter):
     def make_encoder(self) -> nn.Module:
         return _TokenEncoder(self.model.base_model, self.generator_layer)
 
-    # layers
-    def named_layers(self) -> dict[str, nn.Module]:
-        """The embeddings, every encoder block (outputs ``(B, L, D)``) and the pooler (``(B, D)``,
-        the classifier's input), when the model has one."""
-        base = self.model.base_model
-        return self._names_of([base.embeddings, *base.encoder.layer, getattr(base, "pooler", None)])
-
+    # layers of the generator's copy
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The copy is the whole transformer body: every layer, under the backbone's names."""
         prefix = self.model.base_model_prefix + "."
@@ -147,6 +146,31 @@ class BertAdapter(BackboneAdapter):
             if key in inputs:
                 out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
+
+    # layers
+    def embedding_module(self) -> nn.Module:
+        return self.model.base_model.embeddings
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        encoder = self.model.base_model.encoder
+        blocks = getattr(encoder, "layer", None)
+        if blocks is None:
+            blocks = getattr(encoder, "layers", None)
+        if blocks is None:
+            raise NotImplementedError(f"cannot find the encoder blocks of a {type(self.model).__name__}")
+        return blocks
+
+    def pooled_layers(self) -> list[nn.Module]:
+        return [getattr(self.model.base_model, "pooler", None)]
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, L, D)`` -> ``(B, D, L)``."""
+        if not isinstance(output, torch.Tensor) or output.ndim != 3:
+            raise ValueError(f"expected a layer output of shape (B, L, D), got {describe(output)}")
+        return output.transpose(1, 2)
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return grid.transpose(1, 2)
 
     def spec(self) -> dict[str, Any]:
         return {

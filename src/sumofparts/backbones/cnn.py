@@ -67,6 +67,10 @@ class CNNAdapter(BackboneAdapter):
         input_shape: ``(channels, H, W)``; ``None``: read from ``model.input_shape`` if
             the model has it, else required.
         group_batch_size: largest number of masked images per backbone call.
+
+    Layers (layer and neuron attribution): every leaf module of the CNN but the classifier and
+    dropout (and the feature layer), under its own dotted name; a layer's output ``(B, K, h, w)`` is its view as it is (K channels on an
+    ``h×w`` grid), a ``(B, K)`` output has no positions. The default layer is ``feature_layer``.
     """
 
     family = "cnn"
@@ -133,16 +137,48 @@ class CNNAdapter(BackboneAdapter):
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
 
+    # layers
+    def named_layers(self) -> dict[str, nn.Module]:
+        """Every leaf module but the classifier and dropout (see the base class), and the feature
+        layer even where it is a container."""
+        layers = super().named_layers()
+        if self.feature_layer not in layers:
+            layers = {self.feature_layer: dict(self.model.named_modules())[self.feature_layer], **layers}
+        return layers
+
+    def default_layer(self) -> str:
+        """The feature layer (the one whose output gives the generator's cells)."""
+        return self.feature_layer
+
+    def layer_positions(self, name: str) -> int:
+        """2 for a layer that outputs ``(B, K, h, w)``, 0 for ``(B, K)``: read from one forward
+        pass of a zero image (the result is kept per layer name)."""
+        module = self.layer(name)
+        cache = self.__dict__.setdefault("_layer_positions", {})
+        if name not in cache:
+            seen: list[Any] = []
+            handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+            try:
+                with torch.no_grad():
+                    self.model(torch.zeros(1, *self.input_shape, device=self.device))
+            finally:
+                handle.remove()
+                self._capture.value = None  # the classifier hook fired outside forward_with_embedding
+            out = seen[0] if seen else None
+            out = out[0] if isinstance(out, tuple) else out
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"layer {name!r} produced no tensor in a forward pass of the CNN")
+            cache[name] = 2 if out.ndim == 4 else 0
+        return cache[name]
+
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
-        """The copy's layers up to the feature layer (the copy stops there), same names."""
+        """The copy's layers up to the feature layer (the copy stops there), same names, in the
+        model's registration order."""
         copies = dict(encoder.net.named_modules())
-        out: dict[str, nn.Module] = {}
-        layers = list(self.named_layers())
-        inside = [i for i, n in enumerate(layers)
-                  if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
-        for name in layers[: (inside[-1] + 1) if inside else 0]:
-            out[name] = copies[name]
-        return out
+        layers = self.named_layers()
+        order = [n for n, _ in self.model.named_modules() if n in layers]
+        inside = [i for i, n in enumerate(order) if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
+        return {name: copies[name] for name in order[: (inside[-1] + 1) if inside else 0]}
 
     def spec(self) -> dict[str, Any]:
         cls = type(self.model)

@@ -97,6 +97,12 @@ class TabularAdapter(BackboneAdapter):
         B, G, d = masks.shape
         return (inputs.unsqueeze(1) * masks.to(inputs.dtype)).reshape(B * G, d)
 
+    # layers: every leaf module but the classifier (a neuron of any of them can be explained)
+    def layer_positions(self, name: str) -> int:
+        """0: a hidden layer's units have no place among the input features."""
+        self.layer(name)
+        return 0
+
     def spec(self) -> dict[str, Any]:
         return {"family": self.family, "num_features": self.num_features, "classifier": self.classifier_name,
                 "embed_dim": self.encoder_dim, "group_batch_size": self.group_batch_size}

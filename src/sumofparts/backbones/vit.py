@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, check_image_batch, upsample_nearest
+from .base import BackboneAdapter, EncoderLayers, check_image_batch, describe, upsample_nearest
 
 __all__ = ["ViTAdapter"]
 
@@ -34,7 +34,7 @@ class _ViTCellEncoder(nn.Module):
         return h[:, 1:]
 
 
-class ViTAdapter(BackboneAdapter):
+class ViTAdapter(EncoderLayers, BackboneAdapter):
     """A Hugging Face ViT classifier as an SOP backbone.
 
     Cells are the ``(image_size / patch_size)²`` patches, in row-major order. A group
@@ -48,6 +48,11 @@ class ViTAdapter(BackboneAdapter):
     dropped patch does not exist. Masking pixels is the default, as in the paper; patch
     dropping costs about ``tau`` of a full pass.
 
+    Layers (layer and neuron attribution): ``vit.embeddings``, ``vit.layers.0`` ...
+    ``vit.layers.{n-1}`` and ``vit.layernorm``, each seen as the patch tokens on the cell grid,
+    ``(B, D, h, w)``; the CLS token is not a cell and is left out of the view (it keeps its value
+    when a method replaces the layer's patch tokens).
+
     Args:
         model: a ``transformers.ViTForImageClassification``.
         drop_patches: run groups by dropping patches instead of zeroing pixels.
@@ -57,6 +62,7 @@ class ViTAdapter(BackboneAdapter):
     """
 
     family = "vit"
+    token_positions = 2
 
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
                  group_batch_size: int = 256):
@@ -97,13 +103,7 @@ class ViTAdapter(BackboneAdapter):
         keep = n_layers + 1 + self.generator_layer
         return _ViTCellEncoder(self.model.vit, keep)
 
-    # layers
-    def named_layers(self) -> dict[str, nn.Module]:
-        """The patch embedding, every transformer block and the final LayerNorm: outputs
-        ``(B, 1 + N, D)`` (CLS token first)."""
-        vit = self.model.vit
-        return self._names_of([vit.embeddings, *vit.layers, vit.layernorm])
-
+    # layers of the generator's copy
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The copy's embedding and the blocks it keeps (all but the last, for ``generator_layer=-2``)."""
         names = list(self.named_layers())
@@ -151,6 +151,28 @@ class ViTAdapter(BackboneAdapter):
 
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.image_size)
+
+    # layers
+    def embedding_module(self) -> nn.Module:
+        return self.model.vit.embeddings
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        return self.model.vit.layers
+
+    def final_token_layers(self) -> list[nn.Module]:
+        return [self.model.vit.layernorm]
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, 1 + N, D)`` -> the patch tokens on the cell grid ``(B, D, h, w)`` (CLS left out)."""
+        N = self.cell_grid[0] * self.cell_grid[1]
+        if not isinstance(output, torch.Tensor) or output.ndim != 3 or output.shape[1] != 1 + N:
+            raise ValueError(f"expected a ViT layer output of shape (B, {1 + N}, D), got {describe(output)}")
+        B, _, D = output.shape
+        return output[:, 1:].transpose(1, 2).reshape(B, D, *self.cell_grid)
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        B, D = grid.shape[:2]
+        return torch.cat([output[:, :1], grid.reshape(B, D, -1).transpose(1, 2)], dim=1)
 
     def spec(self) -> dict[str, Any]:
         return {

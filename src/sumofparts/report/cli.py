@@ -101,6 +101,8 @@ def write_task_report(task_name: str, sop, data, out_dir: str | Path, results: M
         methods = method_callables(list(methods), sop.backbone, seed, notes)
     payload = collect_payload(sop, data, n_examples=n_examples, methods=methods, eval_tables=eval_tables,
                               results=results, target=target, notes=notes, command=command)
+    from ..segmentation.report import segmentation_payload
+    payload["segmentation"] = segmentation_payload(out_dir)  # what `sop segment` wrote there, if anything
     from ..analysis.html import analysis_payload  # concepts/ and compare/ of the run, if written
 
     payload["analysis"] = analysis_payload(out_dir)

@@ -44,6 +44,7 @@ Payload schema (plain JSON types; every ``*image*``/``thumbnail``/figure value i
         "method_errors": {name: str}
       }],
       "notes": [str],
+      "segmentation": {...} | null,   # `sop segment`'s results (sumofparts.segmentation.report)
       "analysis": {...} | null,    # concepts and model comparison: see sumofparts.analysis.html
       "generated": {"time": str, "command": str | null, "version": str}
     }
@@ -693,6 +694,8 @@ def render_html(payload: Mapping[str, Any]) -> str:
                  '</section>')
     parts.append('<h3>SOP attribution</h3><section id="attribution-panel"></section>')
     parts.append('<h3>Post-hoc methods on the same input</h3><section id="methods-panel"></section>')
+    from ..segmentation.report import render_segmentation_section
+    parts.append(render_segmentation_section(payload.get("segmentation")))
     if payload.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(str(n))}</li>" for n in payload["notes"]) + "</ul>")
     gen = payload.get("generated") or {}
