@@ -17,6 +17,8 @@ __all__ = ["main", "build_parser", "resolve_configs"]
 #: modules that add subcommands with a ``register(subparsers)`` function
 _PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli"]
 _PLUGINS += ["sumofparts.segmentation.cli"]
+_PLUGINS += ["sumofparts.analysis.compare_cli"]
+_PLUGINS += ["sumofparts.analysis.concepts_cli"]
 
 
 def _threads(n: int | None) -> None:

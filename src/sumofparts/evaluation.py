@@ -38,7 +38,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from . import metrics as M
-from .errors import ConfigError, MissingFileError
+from .errors import ConfigError, InputError, InputTypeError, MissingFileError
 from .io import atomic_write_json, atomic_write_text
 from .model import SumOfParts
 from .tasks import TaskData, default_cache_dir, get_task
@@ -212,11 +212,11 @@ def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None
     if isinstance(task, tuple):
         sop, data = task
         if not isinstance(sop, SumOfParts) or not isinstance(data, TaskData):
-            raise TypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got "
+            raise InputTypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got "
                             f"({type(sop).__name__}, {type(data).__name__})")
         return data.name, sop, data
     if not isinstance(task, str):
-        raise TypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got {type(task).__name__}")
+        raise InputTypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got {type(task).__name__}")
     spec = get_task(task)
     ckpt = Path(checkpoint) if checkpoint is not None else Path("sop-runs") / task / "sop" / "best"
     if not ckpt.is_dir():
@@ -442,7 +442,7 @@ def _plan(names: list[str], adapter, options: dict[str, dict[str, Any]], seed: i
         try:
             from .attribution import get_method
         except ImportError as exc:
-            raise ValueError(f"the attribution methods are not available ({exc}); evaluate with methods=['sop']")
+            raise InputError(f"the attribution methods are not available ({exc}); evaluate with methods=['sop']")
     for name in names:
         if name == "sop":
             plan["sop"] = {"role": "sop", "accuracy_row": "SOP", "faithfulness_row": "SOP", "source": "SOP",

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CorruptFileError, MissingFileError, OutputError
+from .errors import CorruptFileError, InputTypeError, MissingFileError, OutputError
 
 __all__ = [
     "atomic_write_bytes",
@@ -107,7 +107,7 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, (set, tuple)):
         return list(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+    raise InputTypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..backbones.base import BackboneAdapter
-from ..errors import ConfigError
+from ..errors import ConfigError, InputTypeError
 from .base import AttributionMethod, GroupedResult, check_target, top_tau_cells
 from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, CaptumMethod, Deconvolution, DeepLift,
                              EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
@@ -77,7 +77,7 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
     SumOfParts (``adapter`` may then be None: the model's own backbone is used).
     """
     if not isinstance(name, str):
-        raise TypeError(f"method name must be a str, got {type(name).__name__}")
+        raise InputTypeError(f"method name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
     factory: Callable[..., AttributionMethod] | None = None
     if key.endswith("-f"):
@@ -95,5 +95,5 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
     if key == "sop":
         return SOPMethod(adapter, **options)
     if adapter is None:
-        raise TypeError(f"method {key!r} needs a BackboneAdapter, got None")
+        raise InputTypeError(f"method {key!r} needs a BackboneAdapter, got None")
     return factory(adapter, **options)

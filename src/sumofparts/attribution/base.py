@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..backbones.base import BackboneAdapter, Inputs, describe
+from ..errors import InputError, InputTypeError
 
 __all__ = ["AttributionMethod", "GroupedResult", "check_target", "seeded", "top_tau_cells",
            "broadcast_to_input", "cell_representatives"]
@@ -71,32 +72,32 @@ def check_target(target: Any, batch_size: int, num_outputs: int, device: torch.d
     each value in ``[0, num_outputs)``.
     """
     if target is None:
-        raise ValueError("target is required: pass the class to explain (an int, or one int per input)")
+        raise InputError("target is required: pass the class to explain (an int, or one int per input)")
     if isinstance(target, bool):
-        raise TypeError(f"expected target as an int or {batch_size} ints, got a bool")
+        raise InputTypeError(f"expected target as an int or {batch_size} ints, got a bool")
     if isinstance(target, int):
         t = torch.full((batch_size,), target, dtype=torch.long, device=device)
     else:
         if isinstance(target, torch.Tensor):
             if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                raise TypeError(f"expected an integer target tensor, got {describe(target)}")
+                raise InputTypeError(f"expected an integer target tensor, got {describe(target)}")
             t = target.to(device=device, dtype=torch.long)
         else:
             try:
                 t = torch.as_tensor(list(target), device=device)
             except (TypeError, ValueError) as exc:
-                raise TypeError(f"expected target as an int or a sequence of {batch_size} ints, "
+                raise InputTypeError(f"expected target as an int or a sequence of {batch_size} ints, "
                                 f"got {type(target).__name__}") from exc
             if t.is_floating_point() or t.dtype == torch.bool:
-                raise TypeError(f"expected integer targets, got {t.dtype}")
+                raise InputTypeError(f"expected integer targets, got {t.dtype}")
             t = t.long()
         if t.ndim == 0:
             t = t.expand(batch_size).clone()
         if t.shape != (batch_size,):
-            raise ValueError(f"expected target as an int or {batch_size} ints (one per input), "
+            raise InputError(f"expected target as an int or {batch_size} ints (one per input), "
                              f"got shape {tuple(t.shape)}")
     if bool(((t < 0) | (t >= num_outputs)).any()):
-        raise ValueError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
+        raise InputError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
     return t
 
 
@@ -123,9 +124,9 @@ def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float) ->
     (special tokens, padding) are never kept. Same rule as SOP's top-τ binarisation.
     """
     if not 0.0 < float(tau) <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        raise InputError(f"tau must be in (0, 1], got {tau!r}")
     if cell_scores.shape != valid.shape:
-        raise ValueError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
+        raise InputError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
     n_valid = valid.sum(-1)
     k = torch.clamp(torch.floor(float(tau) * n_valid.to(torch.float64) + 1e-9).long(), min=1)
     s = cell_scores.detach().to(torch.float64)
@@ -156,7 +157,7 @@ def cell_representatives(adapter: BackboneAdapter, inputs: Inputs) -> torch.Tens
     first = torch.full((N,), ids.numel(), dtype=torch.long, device=ids.device)
     first.scatter_reduce_(0, ids, pos, reduce="amin")
     if bool((first == ids.numel()).any()):
-        raise ValueError("a cell covers no input feature; cell-level scores cannot be read back")
+        raise InputError("a cell covers no input feature; cell-level scores cannot be read back")
     return first
 
 
@@ -184,13 +185,13 @@ class AttributionMethod:
 
     def __init__(self, adapter: BackboneAdapter, **options: Any):
         if not isinstance(adapter, BackboneAdapter):
-            raise TypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
+            raise InputTypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
         if adapter.family not in self.families:
             raise NotImplementedError(
                 f"method {self.name!r} supports the {', '.join(self.families)} families, "
                 f"not {adapter.family!r}")
         if options:
-            raise TypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
+            raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
         self.adapter = adapter
 
     def __repr__(self) -> str:

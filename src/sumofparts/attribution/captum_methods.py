@@ -40,6 +40,7 @@ from torch import nn
 
 from ..backbones.base import BackboneAdapter, Inputs
 from .base import AttributionMethod, seeded
+from ..errors import InputTypeError
 
 __all__ = [
     "CaptumMethod", "EmbeddingForward", "text_embeddings", "Saliency", "SmoothGrad", "GradientXInput",
@@ -114,7 +115,7 @@ class CaptumMethod(AttributionMethod):
     def __init__(self, adapter: BackboneAdapter, *, seed: int | None = 0, **options: Any):
         unknown = set(options) - set(self.defaults)
         if unknown:
-            raise TypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
+            raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
                             f"expected some of {sorted(self.defaults) + ['seed']}")
         super().__init__(adapter)
         self.options = {**self.defaults, **options}
@@ -342,7 +343,7 @@ class GradCAM(CaptumMethod):
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(kwargs) - set(self.defaults)
         if unknown:
-            raise TypeError(f"{self.name}.attribute got unexpected arguments {sorted(unknown)}; "
+            raise InputTypeError(f"{self.name}.attribute got unexpected arguments {sorted(unknown)}; "
                             f"expected some of {sorted(self.defaults)}")
         return {**self.options, **kwargs}
 

@@ -41,6 +41,7 @@ from torch import nn
 from ..backbones.base import BackboneAdapter, Inputs
 from .base import check_target
 from .captum_methods import CaptumMethod, _captum, quiet_captum
+from ..errors import InputError, InputTypeError
 
 __all__ = ["LayerMethod", "LayerIntegratedGradients", "LayerGradCAM", "LayerConductance", "LayerActivation",
            "LayerGradientXActivation", "NeuronMethod", "NeuronIntegratedGradients", "NeuronConductance",
@@ -72,7 +73,7 @@ def area_resample(values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     ``out.sum((1, 2)) == values.sum((1, 2))`` (up to rounding).
     """
     if values.ndim != 3:
-        raise ValueError(f"expected values of shape (B, h, w), got shape {tuple(values.shape)}")
+        raise InputError(f"expected values of shape (B, h, w), got shape {tuple(values.shape)}")
     gh, gw = (int(v) for v in size)
     if tuple(values.shape[1:]) == (gh, gw):
         return values
@@ -131,12 +132,12 @@ class LayerMethod(_InternalMethod):
                  interpolate_mode: str = "bilinear", **options: Any):
         super().__init__(adapter, seed=seed, layer=layer, **options)
         if interpolate_mode not in _INTERPOLATE_MODES:
-            raise ValueError(f"interpolate_mode must be one of {', '.join(_INTERPOLATE_MODES)}, "
+            raise InputError(f"interpolate_mode must be one of {', '.join(_INTERPOLATE_MODES)}, "
                              f"got {interpolate_mode!r}")
         self.interpolate_mode = interpolate_mode
         self.positions = adapter.layer_positions(self.layer_name)
         if self.positions == 0:
-            raise ValueError(f"layer {self.layer_name!r} has no positions on the input (its units are not laid out "
+            raise InputError(f"layer {self.layer_name!r} has no positions on the input (its units are not laid out "
                              f"like the cells), so a layer map cannot be drawn; name a layer with positions, e.g. "
                              f"{adapter.default_layer() if self._has_default() else 'a convolution or encoder block'}")
 
@@ -287,7 +288,7 @@ class NeuronMethod(_InternalMethod):
                 neuron = (neuron,)
             if (isinstance(neuron, (str, bytes)) or not isinstance(neuron, Sequence) or not neuron
                     or not all(isinstance(i, int) and not isinstance(i, bool) for i in neuron)):
-                raise TypeError(f"neuron must be a tuple of ints (unit, *position) indexing layer "
+                raise InputTypeError(f"neuron must be a tuple of ints (unit, *position) indexing layer "
                                 f"{self.layer_name!r}, or None; got {neuron!r}")
             neuron = tuple(int(i) for i in neuron)
         self.neuron: tuple[int, ...] | None = neuron
@@ -330,7 +331,7 @@ class NeuronMethod(_InternalMethod):
         layout = tuple(int(v) for v in layout)
         names = "(K" + "".join(f", p{i + 1}" for i in range(len(layout) - 1)) + ")"
         if len(index) != len(layout) or any(not 0 <= i < n for i, n in zip(index, layout)):
-            raise ValueError(f"neuron {tuple(index)} is not a unit of layer {self.layer_name!r}, whose units are laid "
+            raise InputError(f"neuron {tuple(index)} is not a unit of layer {self.layer_name!r}, whose units are laid "
                              f"out as {names} = {layout}; expected {len(layout)} indices with 0 <= index < size")
         return tuple(index)
 

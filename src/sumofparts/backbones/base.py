@@ -71,7 +71,7 @@ class ClassifierInputCapture:
         self._handle.remove()
 
 
-class UnknownLayerError(ValueError):
+class UnknownLayerError(ConfigError):
     """A layer name the adapter does not know; the message lists the names it does."""
 
 
@@ -255,6 +255,13 @@ class BackboneAdapter(nn.Module):
         """One chunk of :meth:`forward_groups` in a mode of :attr:`masking_modes` (the base class: ``"zero"``)."""
         return self.forward_with_embedding(self.mask_inputs(inputs, masks))
 
+    # -- layers of the generator's copy (concepts, model comparison) -------------------------
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The layers of the generator's trainable encoder copy (from :meth:`make_encoder`) that
+        correspond to :meth:`named_layers`, under the same names: the layers the copy holds and
+        runs. Empty when the encoder is not a copy of the backbone (tabular)."""
+        return {}
+
     # -- resolution ----------------------------------------------------------------------------
     def masks_to_input(self, masks: torch.Tensor, inputs: Inputs | None = None) -> torch.Tensor:
         """Cell masks ``(B, G, N)`` at input resolution: ``(B, G, H, W)`` for images, unchanged for tokens."""
@@ -281,7 +288,7 @@ class BackboneAdapter(nn.Module):
         ids = self.cell_index_map(inputs)
         B = attributions.shape[0]
         if tuple(attributions.shape[1:]) != tuple(ids.shape):
-            raise ValueError(f"expected attributions of shape (B, {', '.join(map(str, ids.shape))}), "
+            raise InputError(f"expected attributions of shape (B, {', '.join(map(str, ids.shape))}), "
                              f"got {tuple(attributions.shape)}")
         N = self.num_cells(inputs)
         flat = attributions.reshape(B, -1).to(torch.float32)
@@ -410,7 +417,7 @@ def upsample_nearest(masks: torch.Tensor, grid: tuple[int, int], size: tuple[int
     B, G, N = masks.shape
     h, w = grid
     if N != h * w:
-        raise ValueError(f"masks have {N} cells but the grid {h}x{w} has {h * w}")
+        raise InputError(f"masks have {N} cells but the grid {h}x{w} has {h * w}")
     m = masks.reshape(B * G, 1, h, w).float()
     up = nn.functional.interpolate(m, size=size, mode="nearest")
     return up.reshape(B, G, *size) > 0.5
@@ -480,7 +487,7 @@ class EncoderLayers:
         blocks = list(self.encoder_blocks())
         n = len(blocks)
         if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
-            raise ValueError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
+            raise InputError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
         i = index % n
         module = self.embedding_module() if i == 0 else blocks[i - 1]
         return next(iter(self._names_of([module])))

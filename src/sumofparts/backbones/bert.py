@@ -208,6 +208,12 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
     def make_encoder(self) -> nn.Module:
         return _TokenEncoder(self.model.base_model, self.generator_layer)
 
+    # layers of the generator's copy
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy is the whole transformer body: every layer, under the backbone's names."""
+        prefix = self.model.base_model_prefix + "."
+        return {name: encoder.base.get_submodule(name[len(prefix):]) for name in self.named_layers()}
+
     # backbone
     def mask_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
         B, G, L = masks.shape
@@ -242,7 +248,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, L, D)`` -> ``(B, D, L)``."""
         if not isinstance(output, torch.Tensor) or output.ndim != 3:
-            raise ValueError(f"expected a layer output of shape (B, L, D), got {describe(output)}")
+            raise InputError(f"expected a layer output of shape (B, L, D), got {describe(output)}")
         return output.transpose(1, 2)
 
     def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputTypeError, UnsafeCheckpointError
+from ..errors import ConfigError, InputError, InputTypeError, UnsafeCheckpointError
 from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, check_image_batch, describe, upsample_nearest
 from .registry import LEGACY_FACTORIES, build_backbone, pass_backbone_hint, registered_name
@@ -193,9 +193,18 @@ class CNNAdapter(BackboneAdapter):
             out = seen[0] if seen else None
             out = out[0] if isinstance(out, tuple) else out
             if not isinstance(out, torch.Tensor):
-                raise ValueError(f"layer {name!r} produced no tensor in a forward pass of the CNN")
+                raise InputError(f"layer {name!r} produced no tensor in a forward pass of the CNN")
             cache[name] = 2 if out.ndim == 4 else 0
         return cache[name]
+
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's layers up to the feature layer (the copy stops there), same names, in the
+        model's registration order."""
+        copies = dict(encoder.net.named_modules())
+        layers = self.named_layers()
+        order = [n for n, _ in self.model.named_modules() if n in layers]
+        inside = [i for i, n in enumerate(order) if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
+        return {name: copies[name] for name in order[: (inside[-1] + 1) if inside else 0]}
 
     def spec(self) -> dict[str, Any]:
         """The adapter's settings and the CNN's *registered name* and constructor arguments.

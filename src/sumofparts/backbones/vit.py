@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputTypeError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, EncoderLayers, check_image_batch, describe, upsample_nearest
 from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, _ACTIVATIONS, build_hf_model, encoder_parameters
@@ -159,6 +159,12 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         keep = n_layers + 1 + self.generator_layer
         return _ViTCellEncoder(self.model.vit, keep)
 
+    # layers of the generator's copy
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's embedding and the blocks it keeps (all but the last, for ``generator_layer=-2``)."""
+        names = list(self.named_layers())
+        return dict(zip(names, [encoder.embeddings, *encoder.layers]))
+
     # backbone
     def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         B, G, _ = masks.shape
@@ -184,7 +190,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         counts = masks.sum(-1)
         k = int(counts.max())
         if not bool((counts == k).all()):
-            raise ValueError("patch dropping needs every group of a batch to hold the same number of cells")
+            raise InputError("patch dropping needs every group of a batch to hold the same number of cells")
         emb = vit.embeddings(pixel_values)  # (B, 1+N, D), position embeddings added
         cls, patches = emb[:, :1], emb[:, 1:]
         # indices of kept cells in increasing order: (B, G, k)
@@ -216,7 +222,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         """Tokens ``(B, 1 + N, D)`` -> the patch tokens on the cell grid ``(B, D, h, w)`` (CLS left out)."""
         N = self.cell_grid[0] * self.cell_grid[1]
         if not isinstance(output, torch.Tensor) or output.ndim != 3 or output.shape[1] != 1 + N:
-            raise ValueError(f"expected a ViT layer output of shape (B, {1 + N}, D), got {describe(output)}")
+            raise InputError(f"expected a ViT layer output of shape (B, {1 + N}, D), got {describe(output)}")
         B, _, D = output.shape
         return output[:, 1:].transpose(1, 2).reshape(B, D, *self.cell_grid)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+from ..errors import InputError
 
 __all__ = ["bootstrap_std"]
 
@@ -21,7 +22,7 @@ def bootstrap_std(values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed
     if v.size < 2:
         return float("nan")
     if int(n_boot) < 2:
-        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+        raise InputError(f"n_boot must be >= 2, got {n_boot}")
     rng = np.random.default_rng(int(seed))
     idx = rng.integers(0, v.size, size=(int(n_boot), v.size))
     if statistic is np.mean:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .purity import _ranks
+from ..errors import InputError
 
 __all__ = [
     "fractions", "masked_predictions", "curve_from_logits", "insertion_curve", "deletion_curve", "raw_auc",
@@ -43,7 +44,7 @@ __all__ = [
 def fractions(steps: int = 10) -> list[float]:
     """``[1/S, 2/S, …, 1]``."""
     if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     return [(s + 1) / steps for s in range(int(steps))]
 
 
@@ -52,7 +53,7 @@ def _targets(target: Any, B: int, device: torch.device) -> torch.Tensor:
         return torch.full((B,), int(target), dtype=torch.long, device=device)
     t = torch.as_tensor(target, device=device).long().reshape(-1)
     if t.shape[0] != B:
-        raise ValueError(f"expected one target per input ({B}), got {t.shape[0]}")
+        raise InputError(f"expected one target per input ({B}), got {t.shape[0]}")
     return t
 
 
@@ -74,10 +75,10 @@ def masked_predictions(adapter, inputs: Any, cell_scores: torch.Tensor, steps: i
     inputs with (e.g. a self-attributing BagNet); the masking is still the adapter's.
     """
     if mode not in ("insertion", "deletion"):
-        raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
+        raise InputError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
     valid = adapter.valid_cells(inputs).to(cell_scores.device)
     if cell_scores.shape != valid.shape:
-        raise ValueError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
+        raise InputError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
     ranks = _ranks(cell_scores, valid)  # (B, N)
     counts = _step_counts(valid, steps)  # (B, S)
     top = ranks[:, None, :] < counts[:, :, None]  # (B, S, N)
@@ -107,7 +108,7 @@ def _default_target(adapter, inputs: Any, target: Any, task: str) -> torch.Tenso
     if target is not None:
         return _targets(target, adapter.batch_size(inputs), adapter.device)
     if task == "regression":
-        raise ValueError("a regression model has no predicted class: pass target= (the output to follow)")
+        raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
     with torch.no_grad():
         return adapter(inputs).argmax(-1)
 
@@ -188,7 +189,7 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None) -> SOPC
         B, C = out.logits.shape
         if target is None:
             if sop.config.task == "regression":
-                raise ValueError("a regression model has no predicted class: pass target= (the output to follow)")
+                raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
             t = out.logits.argmax(-1)
         else:
             t = _targets(target, B, out.logits.device)
@@ -224,7 +225,7 @@ def fidelity(pred_logits: torch.Tensor, attribution_sums: torch.Tensor, *,
     squared difference averaged over outputs is returned instead.
     """
     if pred_logits.shape != attribution_sums.shape or pred_logits.ndim != 2:
-        raise ValueError(f"expected pred_logits and attribution_sums of the same shape (B, C), got "
+        raise InputError(f"expected pred_logits and attribution_sums of the same shape (B, C), got "
                          f"{tuple(pred_logits.shape)} and {tuple(attribution_sums.shape)}")
     p, q = pred_logits.to(torch.float64), attribution_sums.to(torch.float64)
     if task == "regression":

@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from ..errors import InputError, InputTypeError
 
 __all__ = ["infidelity", "max_sensitivity"]
 
 
 def _check_tensor(inputs: Any) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise TypeError("infidelity and max-sensitivity need a floating-point input tensor (images); "
+        raise InputTypeError("infidelity and max-sensitivity need a floating-point input tensor (images); "
                         f"got {type(inputs).__name__}")
     return inputs
 
@@ -40,7 +41,7 @@ def infidelity(forward_func: Callable[[torch.Tensor], torch.Tensor], inputs: tor
 
     inputs = _check_tensor(inputs)
     if attributions.shape != inputs.shape:
-        raise ValueError(f"attributions {tuple(attributions.shape)} must have the input's shape {tuple(inputs.shape)}")
+        raise InputError(f"attributions {tuple(attributions.shape)} must have the input's shape {tuple(inputs.shape)}")
     gen = torch.Generator(device=inputs.device).manual_seed(int(seed))
 
     if perturbation == "noise":
@@ -54,7 +55,7 @@ def infidelity(forward_func: Callable[[torch.Tensor], torch.Tensor], inputs: tor
         # I^T Φ must be Σ_{removed} Φ_i, and f(x) - f(x - x⊙removed): Captum multiplies the
         # perturbation with Φ, so the indicator is the perturbation and Φ stays as given.
     else:
-        raise ValueError(f"perturbation must be 'noise' or 'subset', got {perturbation!r}")
+        raise InputError(f"perturbation must be 'noise' or 'subset', got {perturbation!r}")
     with torch.no_grad():
         return captum_infidelity(forward_func, perturb, inputs, attributions, target=target,
                                  n_perturb_samples=int(n_perturb_samples), normalize=normalize).detach()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..backbones import ADAPTERS, BackboneAdapter, adapter_from_spec
-from ..errors import CheckpointError, ConfigError, InputError, MissingFileError
+from ..errors import CheckpointError, ConfigError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_directory, atomic_write_json, load_tensors, read_json, recover_directory, save_tensors
 from .config import SOPConfig
 from .generator import GroupGenerator, binarise_top_tau, sample_candidates
@@ -42,7 +42,7 @@ class SumOfParts(nn.Module):
     def __init__(self, adapter: BackboneAdapter, config: SOPConfig | None = None):
         super().__init__()
         if not isinstance(adapter, BackboneAdapter):
-            raise TypeError(f"expected a BackboneAdapter, got {type(adapter).__name__}")
+            raise InputTypeError(f"expected a BackboneAdapter, got {type(adapter).__name__}")
         config = config or SOPConfig()
         config = config.replace(backbone=adapter.spec())
         self.config = config

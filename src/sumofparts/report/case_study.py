@@ -51,6 +51,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ..io import atomic_write_json, atomic_write_text  # noqa: E402
 from .figures import _to_numpy, save_figure  # noqa: E402
+from ..errors import InputError
 
 __all__ = [
     "MIN_R2",
@@ -76,33 +77,33 @@ def _check(maps: Any, masks: Any, weights: Any | None = None) -> tuple[np.ndarra
     m = _to_numpy(maps, "maps").astype(np.float64)
     if m.ndim == 4:
         if m.shape[1] != 1:
-            raise ValueError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) (one channel) or (n, H, W)")
+            raise InputError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) (one channel) or (n, H, W)")
         m = m[:, 0]
     elif m.ndim != 3:
-        raise ValueError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) or (n, H, W)")
+        raise InputError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) or (n, H, W)")
     if not np.all(np.isfinite(m)):
-        raise ValueError("maps hold non-finite values")
+        raise InputError("maps hold non-finite values")
     g = _to_numpy(masks, "masks")
     n, H, W = m.shape
     if g.ndim != 4 or g.shape[0] != n or tuple(g.shape[2:]) != (H, W):
-        raise ValueError(f"masks has shape {tuple(g.shape)}; expected (n, G, H, W) = ({n}, G, {H}, {W}) to match "
+        raise InputError(f"masks has shape {tuple(g.shape)}; expected (n, G, H, W) = ({n}, G, {H}, {W}) to match "
                          f"maps {tuple(_to_numpy(maps, 'maps').shape)}")
     if g.dtype != bool:
         if not np.all((g == 0) | (g == 1)):
-            raise ValueError("masks must be boolean (or 0/1)")
+            raise InputError("masks must be boolean (or 0/1)")
         g = g.astype(bool)
     if not g.reshape(n, g.shape[1], -1).any(-1).all():
-        raise ValueError("every group mask must cover at least one pixel")
+        raise InputError("every group mask must cover at least one pixel")
     w = None
     if weights is not None:
         w = _to_numpy(weights, "weights").astype(np.float64)
         if w.ndim == 2:
             w = w[..., None]
         if w.ndim != 3 or w.shape[:2] != g.shape[:2]:
-            raise ValueError(f"weights has shape {tuple(w.shape)}; expected (n, G, outputs) = "
+            raise InputError(f"weights has shape {tuple(w.shape)}; expected (n, G, outputs) = "
                              f"({n}, {g.shape[1]}, outputs)")
         if not np.all(np.isfinite(w)) or (w < 0).any():
-            raise ValueError("weights must be finite and non-negative (the selector's sparsemax weights)")
+            raise InputError("weights must be finite and non-negative (the selector's sparsemax weights)")
     return m, g, w
 
 
@@ -120,7 +121,7 @@ def classify_groups(maps: Any, masks: Any, *, cluster_sigma: float = 3.0,
     :data:`EXCLUSIVE_KINDS`).
     """
     if not high_sigma > cluster_sigma:
-        raise ValueError(f"high_sigma ({high_sigma}) must be above cluster_sigma ({cluster_sigma})")
+        raise InputError(f"high_sigma ({high_sigma}) must be above cluster_sigma ({cluster_sigma})")
     m, g, _ = _check(maps, masks)
     sigma = m.reshape(len(m), -1).std(1)
     sigma = np.where(sigma > 0, sigma, 1.0)
@@ -241,7 +242,7 @@ def case_study(maps: Any, masks: Any, weights: Any, *, output_names: Sequence[st
     """
     m, g, w = _check(maps, masks, weights)
     if w.shape[-1] != len(output_names):
-        raise ValueError(f"weights has {w.shape[-1]} outputs but output_names has {len(output_names)}")
+        raise InputError(f"weights has {w.shape[-1]} outputs but output_names has {len(output_names)}")
     labels = classify_groups(m, g, cluster_sigma=cluster_sigma, high_sigma=high_sigma)
     n, G = labels["kind"].shape
     counts = {k: int(s.sum()) for k, s in _selectors(labels).items()}
@@ -268,7 +269,7 @@ def case_study(maps: Any, masks: Any, weights: Any, *, output_names: Sequence[st
         "min_r2": float(min_r2),
     }
     if r2 is not None and len(result["r2"]) != len(output_names):
-        raise ValueError(f"r2 has {len(result['r2'])} values but there are {len(output_names)} outputs")
+        raise InputError(f"r2 has {len(result['r2'])} values but there are {len(output_names)} outputs")
     result["verdict"] = verdict(result)
     return result
 
@@ -438,7 +439,7 @@ def run_case_study(sop, data, out_dir: str | Path, *, n: int | None = None, batc
     total = len(data.test)
     n = total if n is None else min(int(n), total)
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     sop.eval()
     maps, masks, weights, preds, targets = [], [], [], [], []
     with torch.no_grad():
@@ -446,7 +447,7 @@ def run_case_study(sop, data, out_dir: str | Path, *, n: int | None = None, batc
             items = [data.test[i] for i in range(start, min(n, start + batch_size))]
             x = torch.stack([it[0] for it in items])
             if x.ndim != 4 or x.shape[1] != 1:
-                raise ValueError(f"the case study needs one-channel maps (B, 1, H, W); the task gives {tuple(x.shape)}")
+                raise InputError(f"the case study needs one-channel maps (B, 1, H, W); the task gives {tuple(x.shape)}")
             out = sop(x)
             maps.append(x.cpu())
             masks.append(out.input_masks.cpu())

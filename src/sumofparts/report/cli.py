@@ -106,6 +106,9 @@ def write_task_report(task_name: str, sop, data, out_dir: str | Path, results: M
                               results=results, target=target, notes=notes, command=command)
     from ..segmentation.report import segmentation_payload
     payload["segmentation"] = segmentation_payload(out_dir)  # what `sop segment` wrote there, if anything
+    from ..analysis.html import analysis_payload  # concepts/ and compare/ of the run, if written
+
+    payload["analysis"] = analysis_payload(out_dir)
     if figures_dir is not None:
         from .html import save_example_figures
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..attribution.captum_methods import quiet_captum
 from .unet import BACKGROUND
+from ..errors import InputError
 
 __all__ = ["SegmentSum", "predicted_segments", "segment_attributions", "segment_shares", "random_maps",
            "SegmentShares", "SEGMENT_METHODS", "DEFAULT_LAYER", "DEFAULT_IG_STEPS"]
@@ -78,13 +79,13 @@ def predicted_segments(model: nn.Module, x: torch.Tensor, classes: torch.Tensor 
         classes = counts.argmax(1)
     elif isinstance(classes, int):
         if not 0 <= classes < K:
-            raise ValueError(f"class must be in [0, {K}), got {classes}")
+            raise InputError(f"class must be in [0, {K}), got {classes}")
         classes = torch.full((x.shape[0],), classes, dtype=torch.long)
     classes = torch.as_tensor(classes, dtype=torch.long)
     segments = pred == classes.view(-1, 1, 1)
     empty = (~segments.flatten(1).any(1)).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"the model predicts no pixel of the requested class for images {empty[:10]}: "
+        raise InputError(f"the model predicts no pixel of the requested class for images {empty[:10]}: "
                          "their segment is empty")
     return segments, classes
 
@@ -111,13 +112,13 @@ def segment_attributions(model: nn.Module, x: torch.Tensor, segments: torch.Tens
 
     unknown = [m for m in methods if m not in SEGMENT_METHODS]
     if unknown:
-        raise ValueError(f"unknown segmentation method(s) {unknown}; expected some of {', '.join(SEGMENT_METHODS)}")
+        raise InputError(f"unknown segmentation method(s) {unknown}; expected some of {', '.join(SEGMENT_METHODS)}")
     modules = dict(model.named_modules())
     if "layer_gradcam" in methods and (not layer or layer not in modules):
-        raise ValueError(f"unknown layer {layer!r} of the {type(model).__name__}; expected one of: "
+        raise InputError(f"unknown layer {layer!r} of the {type(model).__name__}; expected one of: "
                          f"{', '.join(n for n in modules if n)}")
     if segments.shape != (x.shape[0], *x.shape[2:]) or segments.dtype != torch.bool:
-        raise ValueError(f"expected segments as a bool tensor of shape {(x.shape[0], *x.shape[2:])}, got "
+        raise InputError(f"expected segments as a bool tensor of shape {(x.shape[0], *x.shape[2:])}, got "
                          f"{tuple(segments.shape)} {segments.dtype}")
     forward = SegmentSum(model).eval()
     target = torch.as_tensor(classes, dtype=torch.long)
@@ -167,11 +168,11 @@ class SegmentShares:
 def segment_shares(maps: torch.Tensor, segments: torch.Tensor) -> SegmentShares:
     """``maps: (B, H, W)``, ``segments: (B, H, W)`` bool -> :class:`SegmentShares`."""
     if maps.shape != segments.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and segments {tuple(segments.shape)} differ in shape")
+        raise InputError(f"maps {tuple(maps.shape)} and segments {tuple(segments.shape)} differ in shape")
     a = maps.detach().to(torch.float64).flatten(1)
     s = segments.flatten(1).to(torch.float64)
     if bool((s.sum(1) == 0).any()):
-        raise ValueError("an image has an empty segment: the share inside it is undefined")
+        raise InputError("an image has an empty segment: the share inside it is undefined")
 
     def share(v: torch.Tensor) -> np.ndarray:
         total = v.sum(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from ..errors import InputError
 
 __all__ = ["register"]
 
@@ -32,16 +33,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise InputError(f"--n must be >= 1, got {args.n}")
     n_steps = DEFAULT_IG_STEPS if args.n_steps is None else args.n_steps
     if n_steps < 1 or args.batch_size < 1 or args.figures < 0:
-        raise ValueError(f"--n-steps and --batch-size must be >= 1 and --figures >= 0, got {n_steps}, "
+        raise InputError(f"--n-steps and --batch-size must be >= 1 and --figures >= 0, got {n_steps}, "
                          f"{args.batch_size}, {args.figures}")
     model, info = load_unet(args.weights)
     layer = args.layer or DEFAULT_LAYER
     names = [n for n, _ in model.named_modules() if n]
     if layer not in names:
-        raise ValueError(f"unknown layer {layer!r} of the U-Net; expected one of: {', '.join(names)}")
+        raise InputError(f"unknown layer {layer!r} of the U-Net; expected one of: {', '.join(names)}")
     task = get_task("fashion")
     data = task.load_data(args.cache_dir or default_cache_dir(), size=args.size, seed=args.seed,
                           progress=not args.no_progress)

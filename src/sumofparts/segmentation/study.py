@@ -29,6 +29,7 @@ import torch
 from ..io import atomic_write_json, atomic_write_text
 from .attribution import (DEFAULT_IG_STEPS, DEFAULT_LAYER, SEGMENT_METHODS, SegmentSum, predicted_segments, random_maps,
                           segment_attributions, segment_shares)
+from ..errors import InputError
 
 __all__ = ["SegmentationResult", "run_segmentation", "COLUMNS", "METHOD_LABELS"]
 
@@ -139,12 +140,12 @@ def run_segmentation(model: torch.nn.Module, images: torch.Tensor, labels: torch
 
     t0 = time.time()
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+        raise InputError(f"n must be an int >= 1, got {n!r}")
     if batch_size < 1 or n_steps < 1 or n_figures < 0:
-        raise ValueError(f"batch_size and n_steps must be >= 1 and n_figures >= 0, got {batch_size}, {n_steps}, "
+        raise InputError(f"batch_size and n_steps must be >= 1 and n_figures >= 0, got {batch_size}, {n_steps}, "
                          f"{n_figures}")
     if images.ndim != 4 or labels.shape != (images.shape[0],):
-        raise ValueError(f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
+        raise InputError(f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
                          f"{tuple(labels.shape)}")
     n = min(n, images.shape[0])
     images, labels = images[:n], labels[:n].long()

@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..errors import InputError, MissingFileError
 
 __all__ = ["SegmentationUNet", "UNetConfig", "TrainRecipe", "SegmentationScores", "segmentation_targets",
            "train_unet", "evaluate_segmentation", "save_unet", "load_unet", "committed_unet_path",
@@ -70,24 +71,24 @@ class UNetConfig:
     def __post_init__(self) -> None:
         ch = tuple(self.channels)
         if len(ch) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 512 for c in ch):
-            raise ValueError(f"channels must be 3 ints in [1, 512], got {self.channels!r}")
+            raise InputError(f"channels must be 3 ints in [1, 512], got {self.channels!r}")
         object.__setattr__(self, "channels", ch)
         for name in ("in_channels", "num_classes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
-                raise ValueError(f"{name} must be an int in [1, 1024], got {v!r}")
+                raise InputError(f"{name} must be an int in [1, 1024], got {v!r}")
 
     @classmethod
     def from_dict(cls, d: Any) -> "UNetConfig":
         if not isinstance(d, dict):
-            raise ValueError(f"expected the U-Net configuration as a JSON object, got {type(d).__name__}")
+            raise InputError(f"expected the U-Net configuration as a JSON object, got {type(d).__name__}")
         unknown = set(d) - {"channels", "in_channels", "num_classes"}
         if unknown:
-            raise ValueError(f"unknown U-Net configuration keys {sorted(unknown)}; expected channels, in_channels, "
+            raise InputError(f"unknown U-Net configuration keys {sorted(unknown)}; expected channels, in_channels, "
                              "num_classes")
         ch = d.get("channels", cls.channels)
         if not isinstance(ch, (list, tuple)):
-            raise ValueError(f"channels must be a list of 3 ints, got {ch!r}")
+            raise InputError(f"channels must be a list of 3 ints, got {ch!r}")
         return cls(channels=tuple(ch), in_channels=d.get("in_channels", 1),
                    num_classes=d.get("num_classes", NUM_CLASSES))
 
@@ -126,7 +127,7 @@ class SegmentationUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[2] % 4 or x.shape[3] % 4:
-            raise ValueError(f"expected images of shape (B, {self.config.in_channels}, H, W) with H and W divisible "
+            raise InputError(f"expected images of shape (B, {self.config.in_channels}, H, W) with H and W divisible "
                              f"by 4, got shape {tuple(x.shape)}")
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool1(e1))
@@ -151,9 +152,9 @@ def segmentation_targets(images: torch.Tensor, labels: torch.Tensor) -> torch.Te
     from ..tasks.fashion import foreground_masks
 
     if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected images of shape (n, 1, H, W), got shape {tuple(images.shape)}")
+        raise InputError(f"expected images of shape (n, 1, H, W), got shape {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
-        raise ValueError(f"expected {images.shape[0]} labels, got shape {tuple(labels.shape)}")
+        raise InputError(f"expected {images.shape[0]} labels, got shape {tuple(labels.shape)}")
     fg = torch.from_numpy(foreground_masks(images[:, 0].numpy()))
     return torch.where(fg, labels.view(-1, 1, 1).long() + 1, torch.zeros((), dtype=torch.long))
 
@@ -243,7 +244,7 @@ def train_unet(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     config = config or UNetConfig()
     recipe = recipe or TrainRecipe()
     if recipe.epochs < 1 or recipe.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {recipe.epochs} and {recipe.batch_size}")
+        raise InputError(f"epochs and batch_size must be >= 1, got {recipe.epochs} and {recipe.batch_size}")
     with seeded(recipe.seed):
         model = SegmentationUNet(config)
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -320,27 +321,27 @@ def load_unet(path: str | Path | None = None) -> tuple[SegmentationUNet, dict[st
     """
     path = Path(path) if path is not None else committed_unet_path()
     if path.suffix != ".safetensors":
-        raise ValueError(f"expected a .safetensors weights file, got {path}")
+        raise InputError(f"expected a .safetensors weights file, got {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"no U-Net weights at {path}: run scripts/train_segmentation_unet.py to make them")
+        raise MissingFileError(f"no U-Net weights at {path}: run scripts/train_segmentation_unet.py to make them")
     sidecar = path.with_suffix(".json")
     info = read_json(sidecar)
     if not isinstance(info, dict):
-        raise ValueError(f"{sidecar} must hold a JSON object, got {type(info).__name__}")
+        raise InputError(f"{sidecar} must hold a JSON object, got {type(info).__name__}")
     recorded = info.get("weights_sha256")
     if recorded is not None and recorded != _sha256(path):
-        raise ValueError(f"{path} does not match its sidecar {sidecar} (SHA-256 differs): the files are from "
+        raise InputError(f"{path} does not match its sidecar {sidecar} (SHA-256 differs): the files are from "
                          "different runs")
     model = SegmentationUNet(UNetConfig.from_dict(info.get("config", {})))
     state = load_tensors(path)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{path} does not hold this U-Net's weights: missing {missing[:5]}, unexpected "
+        raise InputError(f"{path} does not hold this U-Net's weights: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}")
     bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape) or state[k].dtype != own[k].dtype]
     if bad:
-        raise ValueError(f"{path}: tensors {bad[:5]} differ in shape or dtype from the configuration's model "
+        raise InputError(f"{path}: tensors {bad[:5]} differ in shape or dtype from the configuration's model "
                          f"(e.g. {bad[0]}: {tuple(state[bad[0]].shape)} {state[bad[0]].dtype} vs "
                          f"{tuple(own[bad[0]].shape)} {own[bad[0]].dtype})")
     model.load_state_dict(state, strict=True)

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import CacheWarning, ConfigError, MissingFileError, SOPError
+from ..errors import CacheWarning, ConfigError, InputError, MissingFileError, SOPError
 from ..io import (atomic_directory, atomic_write_json, content_hash, file_digest, load_tensors, read_json,
                   save_tensors)
 from .base import Task, TaskData, register_task
@@ -451,7 +451,7 @@ class ConvergenceMaps(Dataset):
         if maps.dim() == 3:
             maps = maps[:, None]
         if len(maps) != len(targets) or len(maps) != len(cosmology):
-            raise ValueError(f"length mismatch: {len(maps)} maps, {len(targets)} targets, "
+            raise InputError(f"length mismatch: {len(maps)} maps, {len(targets)} targets, "
                              f"{len(cosmology)} cosmology ids")
         self.kappa_norm = float(kappa_norm)
         self.inputs = (maps.float() / self.kappa_norm).contiguous()
@@ -613,6 +613,12 @@ class CosmologyTask(Task):
     def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
         return save_cnn(model, path, {**record, "data_hash": data.meta["content_hash"],
                                       "test": evaluate_regression(model, data.test)})
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Void, cluster and high-significance-cluster windows (:func:`.concepts.cosmology_concepts`)."""
+        from .concepts import cosmology_concepts
+
+        return cosmology_concepts(data, adapter, **options)
 
 
 def _freeze(model: nn.Module) -> nn.Module:

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..backbones.registry import register_backbone
 from ..validation import Field
+from ..errors import InputError
 
 __all__ = [
     "CosmoCNN",
@@ -109,7 +110,7 @@ class CosmoCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.conv1.in_channels:
-            raise ValueError(f"CosmoCNN expects (B, {self.conv1.in_channels}, 66, 66) maps, "
+            raise InputError(f"CosmoCNN expects (B, {self.conv1.in_channels}, 66, 66) maps, "
                              f"got shape {tuple(x.shape)}")
         return self.head(self.embed(x))
 

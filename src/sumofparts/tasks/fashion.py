@@ -55,7 +55,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from ..backbones.registry import register_backbone
-from ..errors import CheckpointError, ConfigError, CorruptFileError, MissingFileError
+from ..errors import CheckpointError, ConfigError, CorruptFileError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from ..validation import Field
 from .base import Task, TaskData, register_task
@@ -155,7 +155,7 @@ def load_raw(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     """``(images (n, 28, 28) uint8, labels (n,) int64, sha256 of the two files)`` of the
     ``"train"`` (60k) or ``"test"`` (10k) set. Cached in memory (read-only arrays)."""
     if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     root = fashion_mnist_dir()
     img_name, lab_name = FILES[split]
     sha = hashlib.sha256()
@@ -164,7 +164,7 @@ def load_raw(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     images = read_idx(root / img_name)
     labels = read_idx(root / lab_name).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise ValueError(f"unexpected Fashion-MNIST shapes in {root}: images {images.shape}, "
+        raise InputError(f"unexpected Fashion-MNIST shapes in {root}: images {images.shape}, "
                          f"labels {labels.shape}")
     images.setflags(write=False)
     labels.setflags(write=False)
@@ -186,7 +186,7 @@ def foreground_masks(images: np.ndarray) -> np.ndarray:
 
     images = np.asarray(images)
     if images.ndim != 3:
-        raise ValueError(f"expected images of shape (n, h, w), got shape {images.shape}")
+        raise InputError(f"expected images of shape (n, h, w), got shape {images.shape}")
     out = np.empty(images.shape, dtype=bool)
     for i, img in enumerate(images):
         out[i] = binary_fill_holes(img > 0)
@@ -197,7 +197,7 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     """``(n, 28, 28)`` uint8 -> ``(n, 1, 32, 32)`` float32, padded and normalised."""
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"expected uint8 images of shape (n, 28, 28), got shape {images.shape}")
+        raise InputError(f"expected uint8 images of shape (n, 28, 28), got shape {images.shape}")
     x = torch.from_numpy(_pad(images).astype(np.float32) / 255.0)
     return ((x - NORM_MEAN) / NORM_STD).unsqueeze(1).contiguous()
 
@@ -383,7 +383,7 @@ def train_backbone(kind: str, train: FashionDataset, val: FashionDataset, *,
     recipe = dict(TRAIN_RECIPES[kind])
     unknown = set(recipe_overrides) - set(recipe)
     if unknown:
-        raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(recipe)}")
+        raise InputTypeError(f"unknown training options {sorted(unknown)}; expected {sorted(recipe)}")
     recipe.update(recipe_overrides)
     model_config = dict(model_config or default_model_config(kind))
     torch.manual_seed(recipe["seed"])
@@ -618,3 +618,9 @@ class FashionTask(Task):
             return CNNAdapter(model, feature_layer=FashionCNN.feature_layer, classifier="head",
                               grid=GRID, input_shape=model.input_shape)
         return ViTAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Stripes, solid silhouettes, outlines and upper/lower halves of garments (:func:`.concepts.fashion_concepts`)."""
+        from .concepts import fashion_concepts
+
+        return fashion_concepts(data, adapter, **options)

@@ -66,6 +66,7 @@ from ..io import atomic_directory, atomic_write_json, content_hash, load_tensors
 from .base import Task, TaskData, default_cache_dir, register_task
 from .cosmology import OUTPUT_NAMES, ConvergenceMaps, _freeze, load_cnn
 from .cosmology_cnn import CosmoCNN, evaluate_regression, train_cnn
+from ..errors import InputError, MissingFileError
 
 __all__ = [
     "DATASET_REPO",
@@ -105,7 +106,7 @@ SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 DIGEST_BYTES = 16
 
 
-class CosmoGridNotFound(FileNotFoundError):
+class CosmoGridNotFound(MissingFileError):
     """The authors' CosmoGrid data or model is not on disk and cannot be downloaded."""
 
 
@@ -234,7 +235,7 @@ def _nested_to_numpy(column) -> np.ndarray:
         lengths = np.unique(np.diff(arr.offsets.to_numpy())) if not pa.types.is_fixed_size_list(arr.type) \
             else np.array([arr.type.list_size])
         if len(arr) and len(lengths) != 1:
-            raise ValueError(f"ragged list column (lengths {lengths[:5]}...): not fixed-shape maps")
+            raise InputError(f"ragged list column (lengths {lengths[:5]}...): not fixed-shape maps")
         shape.append(int(lengths[0]) if len(arr) else 0)
         arr = arr.flatten()
     return arr.to_numpy(zero_copy_only=False).reshape(shape)
@@ -250,7 +251,7 @@ def _parquet(files: list[Path]):
         pf = pq.ParquetFile(f)
         missing = {"input", "label"} - set(pf.schema_arrow.names)
         if missing:
-            raise ValueError(f"{f} is not a massmaps-cosmogrid shard: no column(s) {sorted(missing)} "
+            raise InputError(f"{f} is not a massmaps-cosmogrid shard: no column(s) {sorted(missing)} "
                              f"(has {pf.schema_arrow.names})")
         out.append(pf)
     return out
@@ -319,7 +320,7 @@ def row_digests(inputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Two rows have the same digest exactly when their maps and labels are equal bit for bit (up to
     hash collisions), whatever file, row group or compression they came from."""
     if len(inputs) != len(labels):
-        raise ValueError(f"expected as many label rows as maps, got {len(labels)} and {len(inputs)}")
+        raise InputError(f"expected as many label rows as maps, got {len(labels)} and {len(inputs)}")
     out = np.empty((len(inputs), DIGEST_BYTES), dtype=np.uint8)
     for i in range(len(inputs)):
         h = hashlib.blake2b(np.ascontiguousarray(inputs[i]).tobytes(), digest_size=DIGEST_BYTES)
@@ -443,7 +444,7 @@ def load_massmaps_conv(model_dir: Path) -> CosmoCNN:
         cfg = json.loads(config_file.read_text())
         n = cfg.get("num_classes", cfg.get("num_labels", 2))
         if n != 2:
-            raise ValueError(f"{config_file}: expected num_classes 2 (Omega_m, sigma_8), got {n}")
+            raise InputError(f"{config_file}: expected num_classes 2 (Omega_m, sigma_8), got {n}")
     if (model_dir / "model.safetensors").is_file():
         return load_cnn(model_dir / "model.safetensors")
     state = torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -490,7 +491,7 @@ class CosmoGridTask(Task):
         source = self.val_source or os.environ.get("SOP_COSMOGRID_VAL_SOURCE") or "validation"
         if source not in VAL_SOURCES:
             where = "val_source" if self.val_source else "$SOP_COSMOGRID_VAL_SOURCE"
-            raise ValueError(f"{where} must be one of {', '.join(VAL_SOURCES)} (where the validation rows "
+            raise InputError(f"{where} must be one of {', '.join(VAL_SOURCES)} (where the validation rows "
                              f"come from), got {source!r}")
         return source
 
@@ -503,7 +504,7 @@ class CosmoGridTask(Task):
         or the loaded training rows.
         """
         if size not in SIZES:
-            raise ValueError(f"unknown cosmogrid size {size!r}: expected one of {', '.join(SIZES)}")
+            raise InputError(f"unknown cosmogrid size {size!r}: expected one of {', '.join(SIZES)}")
         val_source = self._val_source()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         root = find_dataset_dir(data_dir or self.data_dir, download=self.download)
@@ -522,7 +523,7 @@ class CosmoGridTask(Task):
             n_val = wanted["val"] if wanted["val"] is not None else totals["validation"]
             n_train = wanted["train"] if wanted["train"] is not None else totals["train"] - n_val
             if n_train + n_val > totals["train"] or n_train <= 0:
-                raise ValueError(f"val_source='train' needs {n_val} validation rows and at least one training "
+                raise InputError(f"val_source='train' needs {n_val} validation rows and at least one training "
                                  f"row from the {totals['train']} rows of the training shards; size {size!r} "
                                  f"asks for {n_train} + {n_val}")
             # one permutation of the training rows: its first part trains, the next validates
@@ -541,9 +542,9 @@ class CosmoGridTask(Task):
             if x.ndim == 3:
                 x = x[:, None]
             if len(x) == 0:
-                raise ValueError(f"no rows in the {theirs} shards under {root}")
+                raise InputError(f"no rows in the {theirs} shards under {root}")
             if x.shape[1:] != (1, 66, 66) or y.shape[1:] != (2,):
-                raise ValueError(f"{theirs}: expected inputs (n, 1, 66, 66) and labels (n, 2), "
+                raise InputError(f"{theirs}: expected inputs (n, 1, 66, 66) and labels (n, 2), "
                                  f"got {x.shape} and {y.shape}")
             splits[ours] = ConvergenceMaps(torch.from_numpy(x), torch.from_numpy(y),
                                            torch.from_numpy(_cosmology_ids(y)), kappa_norm=1.0)

@@ -87,6 +87,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import InputError, MissingFileError
 from ..io import content_hash
 from .base import Task, TaskData, default_cache_dir, register_task
 
@@ -151,7 +152,7 @@ def find_imagenet_s_root(root: str | os.PathLike | None = None, variant: str = "
     ``validation-segmentation``; raises ``FileNotFoundError`` saying where it looked and how to
     get the data."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown ImageNet-S variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise InputError(f"unknown ImageNet-S variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     candidates: list[Path] = []
     if root is not None:
         candidates.append(Path(root))
@@ -165,7 +166,7 @@ def find_imagenet_s_root(root: str | os.PathLike | None = None, variant: str = "
             looked.append(str(folder))
             if (folder / "validation").is_dir() and (folder / "validation-segmentation").is_dir():
                 return folder
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"ImageNet-S ({VARIANTS[variant]}) not found: no 'validation' and 'validation-segmentation' "
         f"folders in {' or '.join(looked)}. {_DATA_HELP}")
 
@@ -194,7 +195,7 @@ def read_segmentation(path: str | os.PathLike) -> np.ndarray:
             return arr[..., 0] + 256 * arr[..., 1]
         if img.mode in ("L", "I", "I;16"):
             return np.asarray(img, dtype=np.int64)
-        raise ValueError(f"{path}: expected an RGB segmentation PNG (id = R + 256*G), got PIL mode "
+        raise InputError(f"{path}: expected an RGB segmentation PNG (id = R + 256*G), got PIL mode "
                          f"{img.mode!r}")
 
 
@@ -228,7 +229,7 @@ def _read_synset_file(path: Path) -> tuple[list[str], list[str]]:
             continue
         wnid, _, name = line.partition(" ")
         if not _WNID.match(wnid):
-            raise ValueError(f"{path}: expected lines 'wnid [name]' (e.g. 'n01440764 tench'), got {line!r}")
+            raise InputError(f"{path}: expected lines 'wnid [name]' (e.g. 'n01440764 tench'), got {line!r}")
         wnids.append(wnid)
         names.append(name.strip() or wnid)
     return wnids, names
@@ -261,7 +262,7 @@ def imagenet_class_index(root: Path, model_config: Any = None) -> tuple[dict[str
         order = sorted(id2label, key=int)
         wnids = [str(id2label[k]).split(" ")[0] for k in order]
         return {w: int(k) for w, k in zip(wnids, order)}, [str(id2label[k]) for k in order], "model id2label"
-    raise FileNotFoundError(
+    raise MissingFileError(
         "cannot map ImageNet-S class folders (wnids) to the model's ImageNet-1k class indices: "
         f"found none of {'; '.join(tried)}. Put the ImageNet LOC_synset_mapping.txt (shipped with "
         "the ImageNet/ILSVRC download; 1000 lines 'wnid name' in class-index order) in the dataset "
@@ -293,7 +294,7 @@ def _mapping_file_labels(path: Path) -> dict[str, str]:
         parts = line.split()
         src = parts[0].split("/") if len(parts) == 2 else []
         if len(src) != 2 or not _WNID.match(src[0]):
-            raise ValueError(f"{path}:{lineno}: expected '<ImageNet-1k wnid>/<file> <ImageNet-S wnid>/<file>' "
+            raise InputError(f"{path}:{lineno}: expected '<ImageNet-1k wnid>/<file> <ImageNet-S wnid>/<file>' "
                              f"(e.g. 'n01440764/ILSVRC2012_val_00026064.JPEG n01443537/ILSVRC2012_val_00026064.JPEG'), "
                              f"got {line!r}")
         out[Path(src[1]).stem] = src[0]
@@ -306,12 +307,12 @@ def _kaggle_solution_labels(path: Path) -> dict[str, str]:
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected the columns ImageId,PredictionString (Kaggle's ImageNet "
+            raise InputError(f"{path}: expected the columns ImageId,PredictionString (Kaggle's ImageNet "
                              f"localisation solution), got {reader.fieldnames}")
         for lineno, row in enumerate(reader, 2):
             words = (row["PredictionString"] or "").split()
             if not words or not _WNID.match(words[0]):
-                raise ValueError(f"{path}:{lineno}: expected a prediction string starting with a wnid "
+                raise InputError(f"{path}:{lineno}: expected a prediction string starting with a wnid "
                                  f"(e.g. 'n01440764 10 20 200 180'), got {row['PredictionString']!r}")
             out[row["ImageId"]] = words[0]
     return out
@@ -327,7 +328,7 @@ def _devkit_labels(ground_truth: Path, meta: Path) -> dict[str, str]:
         id_to_wnid = {int(i): str(w) for i, w in zip(np.atleast_1d(synsets["ILSVRC2012_ID"]),
                                                        np.atleast_1d(synsets["WNID"]))}
     except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise ValueError(f"{meta}: expected the ILSVRC2012 devkit's meta.mat (a 'synsets' struct array "
+        raise InputError(f"{meta}: expected the ILSVRC2012 devkit's meta.mat (a 'synsets' struct array "
                          f"with fields ILSVRC2012_ID and WNID): {exc}") from exc
     out: dict[str, str] = {}
     for lineno, line in enumerate(ground_truth.read_text(encoding="utf-8").splitlines(), 1):
@@ -336,7 +337,7 @@ def _devkit_labels(ground_truth: Path, meta: Path) -> dict[str, str]:
         try:
             out[f"ILSVRC2012_val_{lineno:08d}"] = id_to_wnid[int(line)]
         except (ValueError, KeyError):
-            raise ValueError(f"{ground_truth}:{lineno}: expected an ILSVRC2012_ID listed in {meta}, "
+            raise InputError(f"{ground_truth}:{lineno}: expected an ILSVRC2012_ID listed in {meta}, "
                              f"got {line.strip()!r}") from None
     return out
 
@@ -348,7 +349,7 @@ def _read_validation_labels(path: Path) -> dict[str, str]:
             gt, meta = data / "ILSVRC2012_validation_ground_truth.txt", data / "meta.mat"
             if gt.is_file() and meta.is_file():
                 return _devkit_labels(gt, meta)
-        raise FileNotFoundError(f"{path}: expected an ILSVRC2012 devkit folder (data/ILSVRC2012_validation_"
+        raise MissingFileError(f"{path}: expected an ILSVRC2012 devkit folder (data/ILSVRC2012_validation_"
                                 "ground_truth.txt and data/meta.mat)")
     if path.suffix.lower() == ".csv":
         return _kaggle_solution_labels(path)
@@ -373,7 +374,7 @@ def imagenet1k_validation_labels(variant_dir: Path, variant: str = "919",
     if explicit is not None:
         path = Path(explicit)
         if not path.exists():
-            raise FileNotFoundError(f"the ImageNet-1k validation labels file {path} does not exist")
+            raise MissingFileError(f"the ImageNet-1k validation labels file {path} does not exist")
         return ValidationLabels(_read_validation_labels(path), str(path))
     variant_dir = Path(variant_dir)
     bases = [variant_dir, variant_dir.parent, variant_dir.parent.parent]
@@ -396,7 +397,7 @@ def imagenet1k_validation_labels(variant_dir: Path, variant: str = "919",
             tried.append(f"{gt} + meta.mat")
             if gt.is_file() and meta.is_file():
                 return ValidationLabels(_devkit_labels(gt, meta), f"{gt} + {meta.name}")
-    raise FileNotFoundError(
+    raise MissingFileError(
         "cannot tell the ImageNet-1k class of the ImageNet-S validation images (an image's ImageNet-S "
         "folder is not always its ImageNet-1k class): found none of " + "; ".join(tried) + ". Copy "
         f"data/mapping/ImageNetS_im{variant}_mapping_validation.txt from https://github.com/LUSSeg/ImageNet-S "
@@ -408,7 +409,7 @@ def training_image_wnid(path: str | os.PathLike) -> str:
     """The ImageNet-1k wnid of an ImageNet training image, from its name (``n04493381_27386.JPEG``)."""
     match = _TRAIN_NAME.match(Path(path).name)
     if match is None:
-        raise ValueError(f"{path}: expected an ImageNet training image named '<wnid>_<number>.JPEG' "
+        raise InputError(f"{path}: expected an ImageNet training image named '<wnid>_<number>.JPEG' "
                          "(e.g. n01440764_10026.JPEG), whose name gives its ImageNet-1k class")
     return match.group(1)
 
@@ -541,7 +542,7 @@ class ImageNetSTask(Task):
         policy = self.mismatched or os.environ.get("SOP_IMAGENET_S_MISMATCHED") or "drop"
         if policy not in MISMATCHED_POLICIES:
             where = "mismatched" if self.mismatched else "$SOP_IMAGENET_S_MISMATCHED"
-            raise ValueError(f"{where} must be one of {', '.join(MISMATCHED_POLICIES)} (what to do with an "
+            raise InputError(f"{where} must be one of {', '.join(MISMATCHED_POLICIES)} (what to do with an "
                              f"ImageNet-S image whose folder is not its ImageNet-1k class), got {policy!r}")
         return policy
 
@@ -550,7 +551,7 @@ class ImageNetSTask(Task):
         from tqdm.auto import tqdm
 
         if size not in SIZES:
-            raise ValueError(f"unknown size {size!r} for task 'imagenet-s': expected one of "
+            raise InputError(f"unknown size {size!r} for task 'imagenet-s': expected one of "
                              f"{', '.join(SIZES)}")
         policy = self._mismatched_policy()
         n_train, n_val, n_test, max_classes = SIZES[size]
@@ -566,10 +567,10 @@ class ImageNetSTask(Task):
         train_name = "train-semi" if (root / "train-semi").is_dir() else "train"
         training = _list_images(root / train_name)
         if not validation:
-            raise FileNotFoundError(f"no images in {root / 'validation'}/<wnid>/. {_DATA_HELP}")
+            raise MissingFileError(f"no images in {root / 'validation'}/<wnid>/. {_DATA_HELP}")
         unknown = sorted(set(validation) - set(index))
         if unknown:
-            raise ValueError(f"class folders {unknown[:5]} of {root / 'validation'} are not in the "
+            raise InputError(f"class folders {unknown[:5]} of {root / 'validation'} are not in the "
                              f"ImageNet-1k class order taken from {order_source}")
         ground_truth = imagenet1k_validation_labels(root, self.variant, self.val_labels)
         rng = np.random.default_rng(seed)
@@ -580,7 +581,7 @@ class ImageNetSTask(Task):
         def validation_wnid(f: Path) -> str:
             wnid = ground_truth.wnid_of.get(f.stem)
             if wnid is None:
-                raise ValueError(f"{f}: not in the ImageNet-1k validation labels read from "
+                raise InputError(f"{f}: not in the ImageNet-1k validation labels read from "
                                  f"{ground_truth.source} (expected ILSVRC2012 validation images named "
                                  "ILSVRC2012_val_<8 digits>.JPEG)")
             return wnid
@@ -611,11 +612,11 @@ class ImageNetSTask(Task):
         labelled = {w for items in split.values() for _, w, _, _ in items}
         outside = sorted(w for w in labelled if w not in index or index[w] >= len(names))
         if outside:
-            raise ValueError(f"ImageNet-1k classes {outside[:5]} of the images are not among the {len(names)} "
+            raise InputError(f"ImageNet-1k classes {outside[:5]} of the images are not among the {len(names)} "
                              f"outputs of the model (class order from {order_source})")
         missing = [str(f) for f, _, _, seg in split["test"] if seg is None]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} test images have no segmentation PNG in {seg_dir} "
+            raise MissingFileError(f"{len(missing)} test images have no segmentation PNG in {seg_dir} "
                                     f"(first: {missing[0]}). {_DATA_HELP}")
         for name in split:
             rng.shuffle(split[name])  # any prefix of a split is a random sample over classes
@@ -661,10 +662,10 @@ class ImageNetSTask(Task):
                       backbone: str | None = None, train_if_missing: bool = True,
                       progress: bool = True) -> nn.Module:
         if backbone not in (None, "vit"):
-            raise ValueError(f"the imagenet-s task has one backbone, 'vit' ({MODEL_ID}); got {backbone!r}")
+            raise InputError(f"the imagenet-s task has one backbone, 'vit' ({MODEL_ID}); got {backbone!r}")
         vit = load_vit(self.model)
         if vit.config.num_labels != data.num_outputs:
-            raise ValueError(f"the model predicts {vit.config.num_labels} classes but the data's "
+            raise InputError(f"the model predicts {vit.config.num_labels} classes but the data's "
                              f"class order has {data.num_outputs}")
         return vit
 

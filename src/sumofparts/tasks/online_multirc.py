@@ -78,6 +78,7 @@ from torch.utils.data import Dataset
 
 from ..io import atomic_directory, atomic_write_json, content_hash
 from .base import Task, TaskData, register_task
+from ..errors import InputError, InputTypeError, MissingFileError
 
 __all__ = [
     "MultiRCTask",
@@ -129,7 +130,7 @@ def _download(dest: Path, url: str = ERASER_URL, timeout: float = 30.0) -> Path:
         found = [p for p in (Path(tmp) / "x").rglob("*") if _is_eraser_dir(p)] + (
             [Path(tmp) / "x"] if _is_eraser_dir(Path(tmp) / "x") else [])
         if not found:
-            raise ValueError(f"the archive from {url} holds no docs/ + train/val/test.jsonl directory")
+            raise InputError(f"the archive from {url} holds no docs/ + train/val/test.jsonl directory")
         with atomic_directory(dest) as out:
             for item in found[0].iterdir():
                 shutil.move(str(item), out / item.name)
@@ -164,7 +165,7 @@ def find_data_dir(cache_dir: Path | None = None, data_dir: str | os.PathLike | N
         why = "download not attempted: no cache_dir to put it in"
     searched = ", ".join(str(c) for c in candidates) or "(nowhere: no data_dir, $SOP_MULTIRC_DIR or cache_dir)"
     target = Path(cache_dir) / "multirc" if cache_dir is not None else Path("<dir>")
-    raise FileNotFoundError(
+    raise MissingFileError(
         "MultiRC (ERASER format) not found: expected a directory holding docs/ and train.jsonl, "
         f"val.jsonl, test.jsonl; searched {searched}; {why}. To install it: "
         f"`mkdir -p {target} && curl -L {ERASER_URL} | tar xz --strip-components=1 -C {target}` "
@@ -180,7 +181,7 @@ def read_documents(data_dir: Path, docids: set[str] | None = None) -> dict[str, 
         for name in names:
             path = data_dir / "docs" / name
             if not path.is_file():
-                raise FileNotFoundError(f"MultiRC document {name!r} is referenced but {path} does not exist")
+                raise MissingFileError(f"MultiRC document {name!r} is referenced but {path} does not exist")
             docs[name] = _tokens(path.read_text(encoding="utf-8"))
     else:
         with open(data_dir / "docs.jsonl", encoding="utf-8") as fh:
@@ -190,7 +191,7 @@ def read_documents(data_dir: Path, docids: set[str] | None = None) -> dict[str, 
                     if docids is None or row["docid"] in docids:
                         docs[row["docid"]] = _tokens(row["document"])
         if docids is not None and set(docids) - set(docs):
-            raise FileNotFoundError(f"MultiRC documents missing from docs.jsonl: {sorted(set(docids) - set(docs))[:5]}")
+            raise MissingFileError(f"MultiRC documents missing from docs.jsonl: {sorted(set(docids) - set(docs))[:5]}")
     return docs
 
 
@@ -217,7 +218,7 @@ def read_annotations(path: Path) -> list[MultiRCExample]:
                 spans = sorted({(ev["docid"], int(ev["start_token"]), int(ev["end_token"]))
                                 for group in row.get("evidences") or [] for ev in group})
             except (KeyError, ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not an ERASER MultiRC annotation ({exc!r})") from exc
+                raise InputError(f"{path}:{lineno}: not an ERASER MultiRC annotation ({exc!r})") from exc
             question, _, answer = row["query"].partition("||")
             out.append(MultiRCExample(annotation_id=row["annotation_id"], docid=docid, query=row["query"],
                                       question=question.strip(), answer=answer.strip(), label=label,
@@ -252,7 +253,7 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
                     max_length: int = MAX_LENGTH) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Tokenise (passage, query) pairs and align the evidence spans to word pieces."""
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("the MultiRC loader needs a fast tokenizer (word ids align the evidence spans)")
+        raise InputTypeError("the MultiRC loader needs a fast tokenizer (word ids align the evidence spans)")
     n = len(examples)
     ids = torch.zeros(n, max_length, dtype=torch.int64)
     mask = torch.zeros_like(ids)
@@ -271,7 +272,7 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
             if docid != ex["docid"]:
                 continue
             if not 0 <= lo < hi <= len(words):
-                raise ValueError(f"{ex['annotation_id']}: evidence tokens [{lo}, {hi}) outside the "
+                raise InputError(f"{ex['annotation_id']}: evidence tokens [{lo}, {hi}) outside the "
                                  f"document ({len(words)} tokens)")
             in_evidence[lo:hi] = True
         seq, wid = enc.sequence_ids(), enc.word_ids()
@@ -305,7 +306,7 @@ def check_label_order(config: Any) -> str:
     """
     id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     if sorted(id2label) != [0, 1]:
-        raise ValueError(f"the MultiRC backbone must have 2 outputs (0 False, 1 True); its id2label is {id2label}")
+        raise InputError(f"the MultiRC backbone must have 2 outputs (0 False, 1 True); its id2label is {id2label}")
     names = {i: id2label[i].strip().lower() for i in (0, 1)}
     if names == {0: "label_0", 1: "label_1"}:
         return "assumed"
@@ -313,10 +314,10 @@ def check_label_order(config: Any) -> str:
         return "named"
     expected = "{0: 'False', 1: 'True'}"
     if all(names[i] in LABEL_WORDS[1 - i] for i in (0, 1)):
-        raise ValueError(f"the MultiRC backbone's id2label {id2label} puts True at index 0; the data's labels "
+        raise InputError(f"the MultiRC backbone's id2label {id2label} puts True at index 0; the data's labels "
                          f"are {expected} (ERASER's classification: 1 = the answer is correct). Swap the "
                          "classifier's two rows (weight and bias) and its id2label, or use another checkpoint")
-    raise ValueError(f"the MultiRC backbone's id2label {id2label} does not name MultiRC's classes: expected "
+    raise InputError(f"the MultiRC backbone's id2label {id2label} does not name MultiRC's classes: expected "
                      f"{expected} (or the generic LABEL_0, LABEL_1)")
 
 
@@ -330,7 +331,7 @@ def _load_pretrained(kind: str, source: str, **kwargs):
         return loader.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         local = Path(source).exists()
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"could not load the MultiRC {kind} from {source!r} "
             f"({'a local directory' if local else 'a hub id'}; HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}): {exc}. Give a local directory holding a "
@@ -374,7 +375,7 @@ class MultiRCTask(Task):
         """The ERASER splits (train/val/test), each in a seeded random order; ``small`` keeps a
         seeded random subset of each (module docs)."""
         if size not in ("default", "small"):
-            raise ValueError(f"unknown size {size!r} for task 'multirc': expected 'default' or 'small'")
+            raise InputError(f"unknown size {size!r} for task 'multirc': expected 'default' or 'small'")
         root = find_data_dir(cache_dir, self.data_dir)
         source = self.model_source(cache_dir)
         tokenizer = _load_pretrained("tokenizer", source)
@@ -419,7 +420,7 @@ class MultiRCTask(Task):
             if (tuned / "config.json").is_file():
                 model = _load_pretrained("model", str(tuned), attn_implementation="eager")
             elif not train_if_missing:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"the MultiRC backbone {source!r} has no trained classifier head ({untrained}) and no "
                     f"fine-tuned copy is cached at {tuned}; pass train_if_missing=True to fine-tune it")
             else:

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import CheckpointError, ConfigError, MissingDependencyError, MissingFileError
+from ..errors import CheckpointError, ConfigError, InputError, MissingDependencyError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from .base import Task, TaskData, register_task
 
@@ -133,7 +133,7 @@ def read_corpus(path: str | os.PathLike | None = None) -> tuple[list[str], list[
         reader = csv.DictReader(fh)
         missing = {"category", "text"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: expected columns 'category' and 'text', found {reader.fieldnames}")
+            raise InputError(f"{path}: expected columns 'category' and 'text', found {reader.fieldnames}")
         for row in reader:
             rows += 1
             label = LABELS.get(row["category"])
@@ -182,7 +182,7 @@ class SentimentDataset(Dataset):
     def __init__(self, texts: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  labels: torch.Tensor):
         if not (len(texts) == input_ids.shape[0] == attention_mask.shape[0] == labels.shape[0]):
-            raise ValueError("texts, input_ids, attention_mask and labels must have the same length")
+            raise InputError("texts, input_ids, attention_mask and labels must have the same length")
         self.texts = texts
         self.input_ids = input_ids
         self.attention_mask = attention_mask
@@ -640,10 +640,10 @@ class SentimentTask(Task):
         prefix = f"{variant}/"
         own = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
         if not own:
-            raise ValueError(f"no tensors for variant {variant!r} in the sentiment weights")
+            raise InputError(f"no tensors for variant {variant!r} in the sentiment weights")
         missing = set(own) - set(model.state_dict())
         if missing:
-            raise ValueError(f"sentiment weights name unknown tensors: {sorted(missing)[:3]}")
+            raise InputError(f"sentiment weights name unknown tensors: {sorted(missing)[:3]}")
         model.load_state_dict(own, strict=False)
         return _freeze(model)
 
@@ -651,3 +651,9 @@ class SentimentTask(Task):
         from ..backbones import BertAdapter
 
         return BertAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Negation and lexicon spans of the training sentences (:func:`.concepts.sentiment_concepts`)."""
+        from .concepts import sentiment_concepts
+
+        return sentiment_concepts(data, adapter, **options)
