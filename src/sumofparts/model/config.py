@@ -45,6 +45,8 @@ SOP_CONFIG_FIELDS: dict[str, Field] = {
     "selector_scale": Field(float, gt=0, max=1e6, doc="s_s, scale of the selector's scores"),
     "task": Field(str, choices=("classification", "regression"), doc="loss and prediction kind"),
     "sequential_heads": Field(bool, doc="train the heads one after another"),
+    "candidate_queries": Field(str, choices=("paper", "spread"),
+                               doc="which (head, query cell) candidates become the G groups"),
     "base_value": Field(list, item=float, optional=True, max_length=100_000,
                         doc="b, the prediction's starting point, one value per output (null: 0)"),
     "backbone": Field(dict, doc="the adapter's spec (filled by SumOfParts)"),
@@ -72,6 +74,10 @@ class SOPConfig:
         task: "classification" (logits, cross-entropy) or "regression" (one output per target, MSE).
         sequential_heads: train the heads one after another (head = step // (steps / K)) as the
             authors do; all heads' candidates are used at evaluation either way.
+        candidate_queries: which G of the K·N (head, query cell) candidates become the groups:
+            ``"paper"`` (evenly spaced in (head, query) order, the authors' rule) or ``"spread"``
+            (G query cells spread over the input, heads in turn; beyond the paper, see
+            :func:`~sumofparts.model.generator.candidate_queries`).
         base_value: b, one value per output, or ``None`` (b = 0, the paper). The prediction is
             ``b + Σ_i w_i c_i (y_i − b)``: with weights summing to 1 and c_i ≤ 1 a model without
             b shrinks every prediction towards 0; with b it shrinks towards b (for regression,
@@ -95,6 +101,7 @@ class SOPConfig:
     selector_scale: float = 0.01
     task: Literal["classification", "regression"] = "classification"
     sequential_heads: bool = True
+    candidate_queries: Literal["paper", "spread"] = "paper"
     base_value: list[float] | None = None
     backbone: dict[str, Any] = field(default_factory=dict)  # the adapter's spec (filled by SumOfParts)
 
@@ -142,8 +149,10 @@ class SOPConfig:
         version = data.pop("format_version", 0)
         _check_version(version, where)
         if version == 0:
-            # files written before format versions predate the base value: they computed with b = 0
+            # files written before format versions predate the base value and the candidate
+            # schemes: they computed with b = 0 and the paper's candidates
             data.setdefault("base_value", None)
+            data.setdefault("candidate_queries", "paper")
         unknown = sorted(str(k) for k in data if k not in SOP_CONFIG_FIELDS)
         if unknown:
             raise ConfigError(f"{where}unknown SOPConfig keys {unknown}; expected some of {sorted(SOP_CONFIG_FIELDS)}")

@@ -121,7 +121,8 @@ class SumOfParts(nn.Module):
         """The G candidate groups as distributions over cells ``(B, G, N)``, and the valid cells ``(B, N)``.
 
         The generator's K' attention maps give K'·n_valid candidates per input (one per head
-        and valid query cell); ``sample_candidates`` keeps G of them, evenly spaced.
+        and valid query cell); ``sample_candidates`` keeps G of them (``config.candidate_queries``:
+        the paper's evenly spaced (head, query) pairs, or queries spread over the input).
         """
         cfg = self.config
         if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < cfg.num_heads):
@@ -131,7 +132,8 @@ class SumOfParts(nn.Module):
         candidates = attn.shape[1] * attn.shape[2]  # K' heads x N cells
         if cfg.num_groups > candidates:
             raise ConfigError(f"num_groups={cfg.num_groups} is more than the {candidates} candidate groups")
-        return sample_candidates(attn, valid, cfg.num_groups), valid
+        return sample_candidates(attn, valid, cfg.num_groups, scheme=cfg.candidate_queries,
+                                 grid=self.backbone.cell_grid), valid
 
     def forward_masks(self, inputs: Any, masks: torch.Tensor, scale: torch.Tensor) -> SOPOutput:
         """SOP's prediction from given groups: ``masks (B, G, N)`` bool and scales ``c (B, G)``.
