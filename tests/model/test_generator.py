@@ -74,7 +74,7 @@ def test_top_tau_keeps_floor_tau_n_valid_cells_and_never_an_invalid_one():
     valid = torch.tensor([[True, False, True, True, True, True]])  # the most probable cell is invalid
     masks, c = binarise_top_tau(probs, valid, 0.4)
     assert masks.tolist() == [[[False, False, False, True, True, False]]]  # floor(0.4·5) = 2: cells 3 and 4
-    assert c.tolist() == pytest.approx([[2 * 0.35 - 1]])
+    assert c.item() == pytest.approx(2 * 0.35 - 1)
     masks1, _ = binarise_top_tau(probs, valid, 0.05)  # floor(0.25) = 0 -> at least one cell
     assert masks1.sum().item() == 1
 
