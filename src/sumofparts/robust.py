@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from .backbones.base import BackboneAdapter
 from .errors import ConfigError, InputError
-from .ops import cell_counts, random_cell_masks
+from .ops import cell_counts, random_cell_masks, top_cells
 from .training import _to, evaluate_model, iterate_batches
 from .validation import Field, check_value
 
@@ -72,6 +72,7 @@ ROBUST_CONFIG_FIELDS: dict[str, Field] = {
     "tau": Field(float, gt=0, max=1),
     "group_fraction": Field(float, min=0, max=1),
     "keep_range": Field(list, item=float, length=2, gt=0, max=1),
+    "similar_fraction": Field(float, min=0, max=1),
     "full_fraction": Field(float, min=0, max=1),
     "distill_weight": Field(float, min=0, max=1e6),
     "ensemble_size": Field(int, min=1, max=4096),
@@ -94,6 +95,10 @@ class RobustConfig:
         tau: SOP's group size as a fraction of the valid cells.
         group_fraction: share of the steps whose groups hold exactly ⌊τ·n_valid⌋ cells.
         keep_range: the other steps keep ⌊f·n_valid⌋ cells, f ~ U(keep_range).
+        similar_fraction: share of the steps whose groups are shaped like SOP's at its start
+            rather than uniformly random: the cells most similar to a random query cell in the
+            generator's view (the LayerNormed cell embeddings of the original backbone's encoder,
+            the copy the generator starts from), as the generator's identity start proposes them.
         full_fraction: share of each batch also shown whole.
         distill_weight: weight of the whole-input distillation towards the original model.
         ensemble_size: K, groups per item whose *mean* output enters the masked loss.
@@ -113,6 +118,7 @@ class RobustConfig:
     tau: float = 0.2
     group_fraction: float = 0.5
     keep_range: tuple[float, float] = (0.1, 1.0)
+    similar_fraction: float = 0.0
     full_fraction: float = 0.25
     distill_weight: float = 1.0
     ensemble_size: int = 1
@@ -163,9 +169,10 @@ class RobustResult:
 
 
 def masked_predictor(adapter: BackboneAdapter, tau: float, mode: str | None, seed: int,
-                     groups: int = 1) -> Callable[[Any], torch.Tensor]:
-    """``predict(inputs) -> (B, C)``: the mean of the backbone's outputs on ``groups`` uniformly
-    random groups of ⌊τ·n_valid⌋ cells per input (one group: that group's output).
+                     groups: int = 1, shape_encoder: nn.Module | None = None) -> Callable[[Any], torch.Tensor]:
+    """``predict(inputs) -> (B, C)``: the mean of the backbone's outputs on ``groups`` groups of
+    ⌊τ·n_valid⌋ cells per input (one group: that group's output), uniformly random, or shaped
+    like the generator's start when ``shape_encoder`` is given (:func:`similar_cell_masks`).
 
     The groups come from one generator seeded with ``seed``, so calling it on the same
     batches in the same order gives the same groups (before and after a fine-tune).
@@ -174,7 +181,9 @@ def masked_predictor(adapter: BackboneAdapter, tau: float, mode: str | None, see
 
     def predict(inputs: Any) -> torch.Tensor:
         valid = adapter.valid_cells(inputs)
-        masks = random_cell_masks(valid, cell_counts(valid, tau)[:, None].expand(-1, groups), gen)
+        counts = cell_counts(valid, tau)[:, None].expand(-1, groups)
+        masks = (random_cell_masks(valid, counts, gen) if shape_encoder is None
+                 else similar_cell_masks(shape_encoder, inputs, valid, counts, gen))
         return adapter.forward_groups(inputs, masks, mode=mode)[0].mean(1)
 
     return predict
@@ -182,11 +191,13 @@ def masked_predictor(adapter: BackboneAdapter, tau: float, mode: str | None, see
 
 def score_backbone(adapter: BackboneAdapter, dataset: Dataset, *, task: str, tau: float,
                    modes: Sequence[str], seed: int = 0, max_items: int = 0, batch_size: int = 128,
-                   mean_of: int = 0, progress: bool = False) -> dict[str, Any]:
+                   mean_of: int = 0, shape_encoder: nn.Module | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """Whole-input and random-group scores of the backbone.
 
-    Keys: ``"whole"``, ``"groups/<mode>"`` (one random group of ⌊τN⌋ cells per item) and, when
-    ``mean_of`` > 1, ``"mean of <mean_of> groups/<mode>"``. Each value is
+    Keys: ``"whole"``, ``"groups/<mode>"`` (one random group of ⌊τN⌋ cells per item), when
+    ``mean_of`` > 1 ``"mean of <mean_of> groups/<mode>"``, and with ``shape_encoder``
+    ``"similar groups/<mode>"`` (one group shaped like the generator's start). Each value is
     :func:`~sumofparts.training.evaluate_model`'s dict (accuracy/error, or MSE with per-target
     MSE and R²).
     """
@@ -199,7 +210,30 @@ def score_backbone(adapter: BackboneAdapter, dataset: Dataset, *, task: str, tau
             out[name] = evaluate_model(masked_predictor(adapter, tau, mode, seed, k), dataset, task=task,
                                        batch_size=batch_size, max_batches=max_batches, progress=progress,
                                        desc=f"score {name}")
+        if shape_encoder is not None:
+            out[f"similar groups/{mode}"] = evaluate_model(
+                masked_predictor(adapter, tau, mode, seed, 1, shape_encoder), dataset, task=task,
+                batch_size=batch_size, max_batches=max_batches, progress=progress, desc=f"score similar groups ({mode})")
     return out
+
+
+@torch.no_grad()
+def similar_cell_masks(encoder: nn.Module, inputs: Any, valid: torch.Tensor, counts: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Groups shaped like the generator's at its identity start: ``(B, K, N)`` bool.
+
+    ``h = LayerNorm(encoder(inputs))`` ``(B, N, D)``; group k of input b is the ``counts[b, k]``
+    valid cells j with the largest ``<h_q, h_j>`` for a query cell q drawn uniformly among the
+    valid cells (q itself included), i.e. the cells most like q.
+    """
+    h = encoder(inputs)
+    h = nn.functional.layer_norm(h, h.shape[-1:])
+    B, N, _ = h.shape
+    K = counts.shape[-1]
+    query = torch.multinomial(valid.float().cpu(), K, replacement=True, generator=generator).to(h.device)  # (B, K)
+    hq = torch.gather(h, 1, query.unsqueeze(-1).expand(B, K, h.shape[-1]))  # (B, K, D)
+    sim = hq @ h.transpose(1, 2)  # (B, K, N)
+    return top_cells(sim, valid[:, None, :], counts)
 
 
 def _parameters(model: nn.Module, trainable: Sequence[str] | None) -> list[tuple[str, nn.Parameter]]:
@@ -243,15 +277,20 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
         adapter.check_masking_mode(mode)
     splits = {"val": val, **({"test": test} if test is not None else {})}
 
-    def scores() -> dict[str, dict[str, Any]]:
-        return {name: score_backbone(adapter, ds, task=task, tau=cfg.tau, modes=modes, seed=cfg.seed + 1,
-                                     max_items=cfg.eval_items, mean_of=cfg.eval_groups)
-                for name, ds in splits.items()}
-
     t0 = time.perf_counter()
-    before = scores()
     model = adapter.model
     teacher = copy.deepcopy(model).eval()
+    shape_encoder = adapter.make_encoder().eval() if cfg.similar_fraction else None
+    if shape_encoder is not None:
+        for p in shape_encoder.parameters():
+            p.requires_grad_(False)
+
+    def scores() -> dict[str, dict[str, Any]]:
+        return {name: score_backbone(adapter, ds, task=task, tau=cfg.tau, modes=modes, seed=cfg.seed + 1,
+                                     max_items=cfg.eval_items, mean_of=cfg.eval_groups, shape_encoder=shape_encoder)
+                for name, ds in splits.items()}
+
+    before = scores()
     for p in teacher.parameters():
         p.requires_grad_(False)
     named = _parameters(model, trainable)
@@ -303,7 +342,10 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
                 fraction = lo + (hi - lo) * float(torch.rand((), generator=gen))
             mode = modes[int(torch.randint(len(modes), (), generator=gen))]
             counts = cell_counts(valid, fraction)[:, None].expand(-1, cfg.ensemble_size)
-            masks = random_cell_masks(valid, counts, gen)  # (B, K, N)
+            if cfg.similar_fraction and float(torch.rand((), generator=gen)) < cfg.similar_fraction:
+                masks = similar_cell_masks(shape_encoder, x, valid, counts, gen)
+            else:
+                masks = random_cell_masks(valid, counts, gen)  # (B, K, N)
             masked_out = adapter.forward_groups(x, masks, mode=mode)[0].mean(1)  # mean over the K groups
             loss_masked = task_loss(masked_out, y)
             n_full = math.ceil(cfg.full_fraction * len(y))
