@@ -67,7 +67,7 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--batch-size", str(args.batch_size)]
     if args.steps != 10:
         parts += ["--steps", str(args.steps)]
-    if args.tie_samples != 4:
+    if args.tie_samples != 1:
         parts += ["--tie-samples", str(args.tie_samples)]
     for flag, on in (("--robustness", args.robustness), ("--resume", args.resume),
                      ("--distributed", args.distributed)):
@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
     p.add_argument("--batch-size", type=int, default=16, help="items per batch and per shard (default: %(default)s)")
     p.add_argument("--steps", type=int, default=10, help="insertion/deletion steps (default: %(default)s)")
-    p.add_argument("--tie-samples", type=int, default=4,
+    p.add_argument("--tie-samples", type=int, default=1,
                    help="random orders tied cells are ranked in, averaged (default: %(default)s)")
     p.add_argument("--robustness", action="store_true",
                    help="also compute infidelity and max-sensitivity (image tasks, every item; slow)")

@@ -41,6 +41,7 @@ from ..io import content_hash
 from ..model import SumOfParts
 from ..tasks import TaskData, default_cache_dir, get_task
 from .plan import DEFAULT_METHODS, PlanEntry, build_plan, default_methods, options_for_json, resolve_methods, sop_budget
+from .passes import channels_last
 from .runner import Batch, BatchResult, EvalSettings, evaluate_batch
 from .shards import ShardStore, weights_hash
 from .tables import EvalTables, build_tables, merge_values, write_tables
@@ -129,7 +130,7 @@ def _batch(data: TaskData, index: int, start: int, stop: int, device: torch.devi
 def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str] | None = None, n: int = 100,
                   seed: int = 0, out_dir: str | Path | None = None, progress: bool = True, *,
                   checkpoint: str | Path | None = None, size: str = "default", cache_dir: Path | None = None,
-                  batch_size: int = 16, steps: int = 10, fraction: float = 0.2, tie_samples: int = 4,
+                  batch_size: int = 16, steps: int = 10, fraction: float = 0.2, tie_samples: int = 1,
                   n_boot: int = 1000, regression_target: int = 0, fidelity_max_classes: int = 20,
                   robustness: bool = False, method_options: dict[str, dict[str, Any]] | None = None,
                   resume: bool = False, device: str | torch.device | None = None,
@@ -202,21 +203,23 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
     todo = [bd for bd in mine if bd[0] not in done]
     in_memory: dict[int, BatchResult] = {}
     bar = tqdm(total=len(todo) * len(plan), desc="evaluate", disable=not progress, dynamic_ncols=True)
-    try:
-        for b, start, stop in todo:
-            batch = _batch(data, b, start, stop, dev)
+    own_models = [e.method.model for e in plan.values() if e.role == "own"]
+    with channels_last(sop, *own_models):
+        try:
+            for b, start, stop in todo:
+                batch = _batch(data, b, start, stop, dev)
 
-            def name(key: str, start=start, stop=stop) -> None:
-                bar.set_description(f"evaluate {key}: examples {start + 1}-{stop}/{n}")
-                bar.update(1)
+                def name(key: str, start=start, stop=stop) -> None:
+                    bar.set_description(f"evaluate {key}: examples {start + 1}-{stop}/{n}")
+                    bar.update(1)
 
-            result = evaluate_batch(sop, plan, batch, settings, measure_passes=(b == 0), progress=name)
-            if store is not None:
-                store.write(b, result)
-            else:
-                in_memory[b] = result
-    finally:
-        bar.close()
+                result = evaluate_batch(sop, plan, batch, settings, measure_passes=(b == 0), progress=name)
+                if store is not None:
+                    store.write(b, result)
+                else:
+                    in_memory[b] = result
+        finally:
+            bar.close()
     _barrier(dist)
     results = [in_memory[b] if store is None else store.read(b) for b, _, _ in bounds]
     tables = _tables(task_name, sop, data, plan, results, settings, notes, n=n, n_boot=n_boot, names=names,

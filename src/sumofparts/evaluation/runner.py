@@ -36,7 +36,7 @@ class EvalSettings:
     kind: str
     steps: int = 10
     fraction: float = 0.2
-    tie_samples: int = 4
+    tie_samples: int = 1
     seed: int = 0
     regression_target: int = 0
     fidelity_max_classes: int = 20
@@ -222,7 +222,7 @@ def _sop(ctx: _BatchContext, entry: PlanEntry) -> dict[str, torch.Tensor]:
     base = out.base_value.to(out.logits).expand_as(out.logits)
     sums = out.group_attributions.sum(1)  # (B, C)
     vals.update(ctx.fidelity(out.logits, base, lambda c: sums.gather(1, c.view(-1, 1))[:, 0], t))
-    curves = M.sop_curves(sop, x, ctx.s.steps, target=t)
+    curves = M.sop_curves(sop, x, ctx.s.steps, target=t, output=out)
     vals.update(ctx.curves(M.sop_path_curves(curves, ctx.kind)))
     abs_pc = M.sop_path_curves(curves, ctx.kind, abs_scale=True)
     vals.update({"del_abs": _cpu(abs_pc.deletion), "empty_abs": _cpu(abs_pc.empty)})

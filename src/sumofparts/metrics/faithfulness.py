@@ -326,7 +326,7 @@ class SOPCurves:
 
 
 @torch.no_grad()
-def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None) -> SOPCurves:
+def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None, output: Any = None) -> SOPCurves:
     """Re-make SOP's groups at each k and predict with them through :meth:`SumOfParts.forward_masks`.
 
     The generator's G candidate distributions ``a_i (N,)`` are computed once. At fraction k,
@@ -335,7 +335,8 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None) -> SOPC
     outside its top ``floor(k · n_valid)``. Each group gets scale c_i = 2·Σ_kept a_i − 1
     (``sop.generator.group_scale``), and the model's own forward from given groups (backbone
     on each group, selector, ``b + Σ_i w_i c_i (y_i − b)``) gives SOP's output at that k.
-    All 2·S·G groups of an input go through the backbone in one batched call.
+    All 2·S·G groups of an input go through the backbone in one batched call. ``output``: SOP's
+    own output on ``inputs`` (``sop(inputs)``) when the caller already has it.
     """
     from ..model.generator import group_scale
 
@@ -343,7 +344,7 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None) -> SOPC
     sop.eval()
     try:
         adapter = sop.backbone
-        out = sop(inputs, validate=False)
+        out = sop(inputs, validate=False) if output is None else output
         B, C = out.logits.shape
         if target is None:
             if sop.config.task == "regression":
