@@ -247,9 +247,10 @@ def _tables(task_name: str, sop: SumOfParts, data: TaskData, plan: dict[str, Pla
                  ": purity, IoU: no explanation")
     if kind == "regression":
         tgt = data.output_names[settings.regression_target]
-        notes.append(f"regression insertion/deletion follow output {tgt}: insertion = 1 − Σ mean_k |f(x_k) − f(x)| / "
-                     "Σ |f(x) − f(∅)|, deletion = Σ mean_k |f(x∖k) − f(∅)| / Σ |f(x) − f(∅)| over the items, cells "
-                     "ranked by sign(f(x) − f(∅))·score (docs/evaluation.md); the paper reports none for regression")
+        notes.append(f"regression insertion/deletion follow output {tgt}: with s = sign(f(x) − f(∅)), insertion = "
+                     "Σ mean_k min(|f(x) − f(∅)|, s·(f(x_k) − f(∅))) / Σ |f(x) − f(∅)| and deletion = "
+                     "Σ mean_k max(0, s·(f(x∖k) − f(∅))) / Σ |f(x) − f(∅)| over the items, cells ranked by s·score "
+                     "(docs/evaluation.md); the paper reports none for regression")
         notes.append("regression fidelity: (f_t(x) − reference_t − Σ attributions_t)² for the explained output t; "
                      "\"-F\" regions are the top cells by the same oriented score")
     else:

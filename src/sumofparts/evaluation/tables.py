@@ -87,8 +87,8 @@ class EvalTables:
             ("fidelity", "fidelity_std", "fidelity ↓"), ("insertion", "insertion_std", "insertion ↑"),
             ("deletion", "deletion_std", "deletion ↓")]
         if kind == "regression":
-            faith_cols += [("insertion_raw", None, "mean |f(x_k) − f(x)| (ins.)"),
-                           ("deletion_raw", None, "mean |f(x∖k) − f(∅)| (del.)"), ("gap", None, "mean |f(x) − f(∅)|")]
+            faith_cols += [("insertion_raw", None, "insertion (raw, output units)"),
+                           ("deletion_raw", None, "deletion (raw, output units)"), ("gap", None, "mean |f(x) − f(∅)|")]
         else:
             faith_cols += [("insertion_raw", None, "insertion (raw AUC)"), ("deletion_raw", None, "deletion (raw AUC)"),
                            ("insertion_paper", None, "insertion (paper: ÷ curve at k=1)"),
@@ -338,15 +338,15 @@ def _fidelity_reason(entry: PlanEntry, kind: str) -> str:
 
 
 def _mean_curves(vals: dict[str, np.ndarray], kind: str, steps: int, y: np.ndarray) -> dict[str, Any]:
-    """Mean curves over the items: probabilities (classification); for regression the normalised
-    closeness ``1 − Σ ins_k / Σ gap`` and remaining distance ``Σ del_k / Σ gap`` per step, whose means
-    over k are the table's insertion and deletion."""
+    """Mean curves over the items: probabilities (classification); for regression the recovered and
+    the surviving share of the way from f(∅) to f(x), ``Σ ins_k / Σ gap`` and ``Σ del_k / Σ gap`` per
+    step, whose means over k are the table's insertion and deletion."""
     ins, dele = vals["ins"], vals["del"]
     ok = np.isfinite(ins).all(1) & np.isfinite(dele).all(1) & np.isfinite(vals["full"]) & np.isfinite(vals["empty"])
     out: dict[str, Any] = {"fractions": M.fractions(steps)}
     if kind == "regression":
         gap = np.abs(vals["full"] - vals["empty"])[ok].sum()
-        out["insertion"] = (1.0 - ins[ok].sum(0) / gap).tolist() if gap > 0 else None
+        out["insertion"] = (ins[ok].sum(0) / gap).tolist() if gap > 0 else None
         out["deletion"] = (dele[ok].sum(0) / gap).tolist() if gap > 0 else None
         out["sparsity"] = {"fractions": M.fractions(steps), "mse": np.nanmean(vals["sparsity"], 0).tolist()}
     else:

@@ -16,22 +16,27 @@ insertion path is the full input x, k = 1 of the deletion path the empty input �
 model's confidence on the full input), the raw AUCs ``mean_k ins_k`` beside them, and the
 paper's normaliser ``mean_k curve_k / curve_{k=1}`` (SPEC §5) labelled as such.
 
-**Regression** has no probability and an output of arbitrary sign, so a curve of output values
-divided by f(x) flips with the sign of f(x) and rewards overshoot. Distances are used instead:
+**Regression** has no probability and an output of arbitrary sign: a curve of output values
+divided by f(x) flips with the sign of f(x), explodes near f(x) = 0, and rewards pushing the
+output past the full prediction (insertion) or below the empty one (deletion). The regression
+curves measure the progress from the empty input's prediction towards the full input's, in
+output units, saturating at the end points as a probability saturates at 1:
 
-    ins_k = |f_t(x_{S_k}) − f_t(x)|      (how far the insertion path still is from the full prediction)
-    del_k = |f_t(x_{∖S_k}) − f_t(∅)|     (how far the deletion path still is from the empty prediction)
-    gap   = |f_t(x) − f_t(∅)|
-    insertion = 1 − Σ_items mean_k ins_k / Σ_items gap        (↑; 1 = the full prediction from the first step)
-    deletion  =     Σ_items mean_k del_k / Σ_items gap        (↓; 0 = the empty prediction from the first step)
+    s = sign(f_t(x) − f_t(∅)),   gap = |f_t(x) − f_t(∅)|
+    ins_k = min(gap, s · (f_t(x_{S_k}) − f_t(∅)))      (how much of the way the kept cells recover; ≤ gap)
+    del_k = max(0,   s · (f_t(x_{∖S_k}) − f_t(∅)))     (how much of the way survives the removal; ≥ 0)
+    insertion = Σ_items mean_k ins_k / Σ_items gap    (↑, at most 1)
+    deletion  = Σ_items mean_k del_k / Σ_items gap    (↓, at least 0)
 
-Neither overshoot (moving past the end point) nor the sign of the output can lower a distance.
-The ratio of sums (rather than a mean of per-item ratios) keeps items whose full and empty
-predictions almost coincide from dominating. Cells are ranked by ``sign(f_t(x) − f_t(∅)) · score``:
-an attribution says how much a cell raises the output, and the cells that move the prediction
-from the empty input's towards the full input's are those whose score has the sign of that move.
-For an additive (linear) model the exact attribution then provably scores at least as well as
-its reverse on both curves (docs/evaluation.md, and ``tests/metrics``).
+Going past f(x) on insertion, or past f(∅) on deletion, counts as reaching it and no more, so
+overshoot cannot win; the sign s makes both curves the same whichever side of f(∅) f(x) lies;
+the ratio of sums (rather than a mean of per-item ratios) keeps items whose full and empty
+predictions almost coincide from dominating. Cells are ranked by ``s · score``: an attribution
+says how much a cell raises the output, and the cells that carry the prediction from the empty
+input's towards the full input's are those whose score has the sign of that move. For an
+additive (linear) model the exact attribution is then the best of all rankings at every step of
+both curves, its reverse the worst, and any other ranking lies between (docs/evaluation.md, and
+``tests/metrics/test_faithfulness.py``).
 
 **SOP, the paper's protocol** (:func:`sop_curves`): SOP's own groups re-made at each k through
 :meth:`SumOfParts.forward_masks`; the curve is SOP's own output. **Any model, the top-k cells
@@ -157,9 +162,9 @@ class PathCurves:
     Attributes:
         kind: ``"classification"`` or ``"regression"``.
         insertion: ``(B, S)`` float64: classification ``p_t(x_{S_k})``; regression
-            ``|f_t(x_{S_k}) − f_t(x)|``; averaged over the R tie-break orders.
+            ``min(gap, s·(f_t(x_{S_k}) − f_t(∅)))``; averaged over the R tie-break orders.
         deletion: ``(B, S)`` float64: classification ``p_t(x_{∖S_k})``; regression
-            ``|f_t(x_{∖S_k}) − f_t(∅)|``.
+            ``max(0, s·(f_t(x_{∖S_k}) − f_t(∅)))``.
         full: ``(B,)`` float64: ``p_t(x)`` or ``f_t(x)``, the model on the full input.
         empty: ``(B,)`` float64: ``p_t(∅)`` or ``f_t(∅)``, the model on the empty input.
         insertion_outputs: ``(B, R, S, C)``: the model's outputs along the insertion path (for
@@ -184,8 +189,10 @@ def _curves_from_outputs(kind: str, target: torch.Tensor, ins_out: torch.Tensor,
     full = target_values(full_out, target, kind).double()  # (B,)
     empty = target_values(empty_out, target, kind).double()
     if kind == "regression":
-        ins = (ins - full[:, None, None]).abs()
-        dele = (dele - empty[:, None, None]).abs()
+        sign = torch.where(full >= empty, 1.0, -1.0).to(ins.dtype)[:, None, None]
+        gap = (full - empty).abs()[:, None, None]
+        ins = torch.minimum(gap, sign * (ins - empty[:, None, None]))
+        dele = (sign * (dele - empty[:, None, None])).clamp(min=0.0)
     return PathCurves(kind=kind, insertion=ins.mean(1), deletion=dele.mean(1), full=full, empty=empty,
                       insertion_outputs=ins_out, target=target)
 
@@ -265,9 +272,10 @@ def path_score_rows(insertion: np.ndarray, deletion: np.ndarray, full: np.ndarra
     ``insertion, deletion: (n, S)``, ``full, empty: (n,)`` as in :class:`PathCurves`. Returns
     ``name -> (rows (n, d), statistic(rows) -> float)``; the statistic of the rows is the number,
     and resampling the rows (:func:`~sumofparts.metrics.bootstrap_std`) gives its ±. Names:
-    ``insertion, deletion, insertion_raw, deletion_raw`` and, for classification,
-    ``insertion_paper, deletion_paper`` (mean of the curve over its value at k = 1), for
-    regression ``gap`` (mean |f(x) − f(∅)|).
+    ``insertion, deletion, insertion_raw, deletion_raw`` (raw: the mean over items of the mean
+    of the curve; regression: in output units) and, for classification, ``insertion_paper,
+    deletion_paper`` (mean of the curve over its value at k = 1), for regression ``gap``
+    (mean |f(x) − f(∅)|).
     """
     ins = np.asarray(insertion, dtype=np.float64)
     dele = np.asarray(deletion, dtype=np.float64)
@@ -283,7 +291,7 @@ def path_score_rows(insertion: np.ndarray, deletion: np.ndarray, full: np.ndarra
             out["deletion_paper"] = (np.stack([del_auc / dele[:, -1]], 1), _mean_ratio(0))
     else:
         gap = np.abs(full - empty)
-        out["insertion"] = (np.stack([ins_auc, gap], 1), lambda r: float(1.0 - r[:, 0].sum() / r[:, 1].sum()))
+        out["insertion"] = (np.stack([ins_auc, gap], 1), lambda r: float(r[:, 0].sum() / r[:, 1].sum()))
         out["deletion"] = (np.stack([del_auc, gap], 1), lambda r: float(r[:, 0].sum() / r[:, 1].sum()))
         out["gap"] = (np.stack([gap], 1), _mean_ratio(0))
     out["insertion_raw"] = (np.stack([ins_auc], 1), _mean_ratio(0))
