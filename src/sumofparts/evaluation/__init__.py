@@ -174,6 +174,10 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
         raise ValueError(f"n must be >= 1, got {n}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(tie_samples) < 1:
+        raise ValueError(f"tie_samples must be >= 1, got {tie_samples}")
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     if kind == "regression" and not 0 <= int(regression_target) < data.num_outputs:
         raise ValueError(f"regression_target must be in [0, {data.num_outputs}), got {regression_target}")
     settings = EvalSettings(kind=kind, steps=int(steps), fraction=float(fraction), tie_samples=int(tie_samples),
