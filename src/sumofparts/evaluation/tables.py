@@ -314,7 +314,8 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
             notes.append(f"{entry.faithfulness_row} ({entry.protocol}): non-finite values left out: "
                          f"{_nonfinite_text(nf)} of {n} items")
         faithfulness.append(row)
-        curves[key] = _mean_curves(vals, kind, steps, y)
+        curves[key] = {"label": f"{entry.faithfulness_row} ({entry.protocol.split(';')[0]})"
+                       if entry.role.startswith("sop") else entry.faithfulness_row, **_mean_curves(vals, kind, steps, y)}
     columns_acc = ["method", metric, f"{metric}_std"]
     if kind == "regression":
         for o in output_names:
