@@ -83,7 +83,7 @@ def sparsity_curve(logits_per_fraction: torch.Tensor, labels: torch.Tensor,
     """Accuracy (or MSE) as a function of the fraction k of cells the prediction may use.
 
     ``logits_per_fraction: (B, S, C)``: the prediction made from the top-k cells for each of
-    the S fractions (what :func:`~sumofparts.metrics.masked_predictions` or
+    the S fractions (what :func:`~sumofparts.metrics.masked_outputs` or
     :func:`~sumofparts.metrics.sop_curves` return). Returns ``{"fractions": [...],
     "accuracy": [...]}`` (classification) or ``{"fractions": [...], "mse": [...]}``.
     """
