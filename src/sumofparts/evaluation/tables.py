@@ -300,6 +300,9 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
         for name in ("infidelity", "max_sensitivity"):
             if name in vals:
                 st.mean(row, name, vals[name], nf)
+        if "max_sensitivity" in vals and np.isnan(vals["max_sensitivity"]).any():
+            notes.append(f"{entry.faithfulness_row} ({entry.protocol}): max-sensitivity undefined for "
+                         f"{int(np.isnan(vals['max_sensitivity']).sum())} items whose map is all zero (‖Φ(x)‖ = 0)")
         if "constant" in vals:
             row["constant_maps"] = int(vals["constant"].sum())
             if row["constant_maps"]:
