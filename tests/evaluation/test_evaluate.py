@@ -5,7 +5,7 @@ import csv
 import json
 import pytest
 import torch
-from conftest import linear_task
+from eval_helpers import linear_task, test_methods, trained  # noqa: F401 (fixtures)
 
 from sumofparts import metrics as M
 from sumofparts.evaluation import evaluate_task
@@ -204,3 +204,40 @@ def test_bad_arguments_are_refused(trained, tmp_path):
         evaluate_task((trained.sop, trained.data), methods=["sop"], n=0, progress=False)
     with pytest.raises(ValueError, match="tie_samples|samples must be >= 1"):
         evaluate_task((trained.sop, trained.data), methods=["sop"], n=2, progress=False, tie_samples=0)
+
+
+class _Texts(torch.utils.data.Dataset):
+    def __init__(self, batch, labels):
+        self.batch, self.labels = batch, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.batch.items()}, self.labels[i]
+
+
+def test_text_tasks_get_both_sop_protocols():
+    """Text: the masked inputs SOP is run on are token ids with [MASK] (what the backbone sees as embeddings);
+    an input with every token masked has no group, and SOP's prediction from no groups is its base value."""
+    from conftest import text_batch, tiny_bert
+
+    from sumofparts.backbones import BertAdapter
+    from sumofparts.model import SOPConfig, SumOfParts
+    from sumofparts.tasks import TaskData
+
+    adapter = BertAdapter(tiny_bert())
+    x = text_batch(6, L=16)  # 12 to 2 groupable tokens
+    masks = torch.rand(6, 3, 16, generator=torch.Generator().manual_seed(0)) < 0.5
+    with torch.no_grad():
+        direct = adapter(adapter.restrict_inputs(x, masks)).reshape(6, 3, -1)
+        grouped, _ = adapter.forward_groups(x, masks)
+    torch.testing.assert_close(direct, grouped, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    sop = SumOfParts(adapter, SOPConfig(num_groups=4, num_heads=1, tau=0.25, generator_scale=0.1)).eval()
+    ds = _Texts(x, torch.tensor([0, 1, 0, 1, 1, 0]))
+    data = TaskData(name="text", kind="classification", train=ds, val=ds, test=ds, output_names=["neg", "pos"])
+    tables = evaluate_task((sop, data), methods=["sop", "gradxinput"], n=6, progress=False, batch_size=3, n_boot=50)
+    cells = tables.row("faithfulness", "SOP", "cells")
+    assert cells["nonfinite"] == "0" and 0 < cells["insertion_raw"] <= 1 and 0 < cells["deletion_raw"] <= 1
+    assert tables.row("faithfulness", "SOP", "paper")["fidelity"] < 1e-6

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sumofparts.evaluation as evaluation
+from eval_helpers import trained  # noqa: F401 (fixture)
 from sumofparts.evaluation import evaluate_task
 
 torch.set_num_threads(1)

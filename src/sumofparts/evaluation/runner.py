@@ -239,8 +239,15 @@ def _sop_cells(ctx: _BatchContext, entry: PlanEntry) -> dict[str, torch.Tensor]:
     cells = torch.einsum("bg,bgn->bn", attr, out.masks.to(attr.dtype))  # SOP's per-cell map for t
 
     def model(inputs):
+        """SOP on masked inputs; an input with no cell left to group (text with every token masked)
+        has no groups, and SOP's prediction from no groups is its base value b."""
         with torch.no_grad():
-            return sop(inputs, validate=False).logits
+            left = ctx.adapter.valid_cells(inputs).any(-1)
+            logits = torch.empty(left.shape[0], ctx.C, device=ctx.full.device)
+            logits[~left] = sop.base_value.to(logits)
+            if bool(left.any()):
+                logits[left] = sop(ctx.adapter.select(inputs, torch.nonzero(left).flatten()), validate=False).logits
+            return logits
 
     empty = M.masked_outputs(ctx.adapter, x, torch.zeros_like(ctx.valid)[:, None], model=model)[:, 0]
     pc = M.path_curves(ctx.adapter, x, cells, ctx.s.steps, target=t, kind=ctx.kind, keys=ctx.keys, model=model,

@@ -130,8 +130,8 @@ def masked_outputs(adapter, inputs: Any, masks: torch.Tensor, *, model: Callable
 
     ``model=None``: the frozen backbone, through ``adapter.forward_groups`` (all B·M masked
     inputs in batches). Otherwise ``model(masked_inputs) -> (rows, C)`` scores the masked inputs
-    that ``adapter.mask_inputs`` builds (e.g. SOP itself, or BagNet), in chunks of
-    ``adapter.group_batch_size`` rows.
+    that ``adapter.restrict_inputs`` builds in the inputs' own format (e.g. SOP itself, or
+    BagNet), in chunks of ``adapter.group_batch_size`` rows.
     """
     masks = masks.to(adapter.device)
     if model is None:
@@ -142,7 +142,7 @@ def masked_outputs(adapter, inputs: Any, masks: torch.Tensor, *, model: Callable
     out = []
     for start in range(0, B, per_chunk):
         idx = slice(start, min(B, start + per_chunk))
-        out.append(model(adapter.mask_inputs(adapter.select(inputs, idx), masks[idx])))
+        out.append(model(adapter.restrict_inputs(adapter.select(inputs, idx), masks[idx])))
     return torch.cat(out).reshape(B, M, -1)
 
 

@@ -1,4 +1,7 @@
-"""Fixtures of the evaluation tests: a quickly trained synthetic SOP and linear regression tasks."""
+"""Helpers and fixtures of the evaluation tests: a quickly trained synthetic SOP, linear tasks, test methods.
+
+(Not a conftest.py: the root conftest is imported by name elsewhere, and a second one would shadow it.)
+"""
 from __future__ import annotations
 
 from types import SimpleNamespace
