@@ -80,6 +80,17 @@ def training_target_mean(data: TaskData) -> np.ndarray | None:
     return targets.to(torch.float64).reshape(len(data.train), -1).mean(0).numpy()
 
 
+def _jsonable(v: Any) -> Any:
+    """A JSON stand-in for an option value (objects by their type's name)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return type(v).__name__
+
+
 def _dist() -> tuple[Any, int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -192,7 +203,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
         fingerprint = {"task": task_name, "n": n, "batch_size": int(batch_size), "methods": names,
                        "settings": dataclasses.asdict(settings), "sop": weights_hash(sop),
                        "data": data.meta.get("content_hash"), "size": size,
-                       "options": content_hash({k: sorted(v) for k, v in options.items()})}
+                       "options": content_hash({k: {o: _jsonable(x) for o, x in v.items()} for k, v in options.items()})}
         store = ShardStore(Path(out_dir) / "shards", fingerprint)
         if rank == 0:
             store.prepare(resume)

@@ -148,6 +148,8 @@ def count_passes(*modules: nn.Module) -> Iterator[list[int]]:
     def make_hook(i: int):
         def hook(module, args, kwargs):
             for v in list(args) + list(kwargs.values()):
+                if isinstance(v, dict):  # a batch of text inputs
+                    v = next((t for t in v.values() if isinstance(t, torch.Tensor)), None)
                 if isinstance(v, torch.Tensor) and v.ndim > 0:
                     counts[i] += int(v.shape[0])
                     return
