@@ -241,3 +241,4 @@ def test_text_tasks_get_both_sop_protocols():
     cells = tables.row("faithfulness", "SOP", "cells")
     assert cells["nonfinite"] == "0" and 0 < cells["insertion_raw"] <= 1 and 0 < cells["deletion_raw"] <= 1
     assert tables.row("faithfulness", "SOP", "paper")["fidelity"] < 1e-6
+    assert tables.row("faithfulness", "SOP", "paper")["passes"] == 5  # G = 4 groups + the encoder (a dict batch)
