@@ -17,7 +17,7 @@ def test_sop_run_writes_results_evaluation_and_report(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "synthetic" and results["command"].startswith("sop run synthetic")
     sop_row = next(r for r in results["rows"] if r["model"] == "SOP")
-    assert sop_row["max gap (logit - Σ groups)"] < 1e-5  # the prediction is the sum of the groups
+    assert sop_row["max gap (logit - b - Σ groups)"] < 1e-5  # the prediction is the sum of the groups
     assert 0.0 <= results["sop"]["error"] <= 1.0 and results["backbone"]["error"] < 0.2
     assert {r["method"] for r in results["evaluation"]["faithfulness"]} >= {"SOP", "Grad×Input"}
     assert results["peak_memory_mib"] > 0
@@ -31,7 +31,12 @@ def test_sop_train_resume_and_explain(tmp_path, capsys):
     common = ["--task", "synthetic", "--size", "small", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
               "--threads", "1", "--out", str(ck)]
     assert main(["train", *common, "--steps", "6", "--train-set", "eval_every=3"]) == 0
-    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume"]) == 0
+    # more steps change the learning-rate schedule: refused unless allowed explicitly, saying what differs
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume"]) == 2
+    assert "train steps: 6 -> 9" in capsys.readouterr().err
+    assert main(["train", *common, "--steps", "9", "--train-set", "eval_every=3", "--resume",
+                 "--allow-config-change"]) == 0
     state = json.loads((ck / "last" / "trainer_state.json").read_text())
     assert state["step"] == 9
     capsys.readouterr()
@@ -53,3 +58,68 @@ def test_bad_arguments_give_a_clear_error(tmp_path, capsys):
     rc = main(["run", "nope", "--out", str(tmp_path)])
     assert rc == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one-line errors (issue 10)
+
+def one_line_error(capsys, argv):
+    """Run ``sop argv``; it must fail with exit status 2 and exactly one line on stderr."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_user_mistakes_get_one_line_and_no_traceback(tmp_path, capsys):
+    import torch
+
+    (tmp_path / "file").write_text("x")
+    train = ["train", "--task", "synthetic", "--size", "small", "--no-progress", "--out", str(tmp_path / "o")]
+    cases = [
+        (["train", "--threads", "-3"], "argument --threads: expected an integer >= 1, got '-3'"),
+        (["run", "synthetic", "--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+        ([*train, "--set", "generator_scale=NaN"], "error: --set generator_scale must be a finite number"),
+        ([*train, "--set", "sequential_heads=no"], "error: --set sequential_heads must be a boolean"),
+        ([*train, "--train-set", "lr=abc"], "error: --train-set lr must be a finite number in (0, 10], got 'abc'"),
+        ([*train, "--set", "groups=3"], "error: --set: unknown key 'groups'"),
+        ([*train, "--train-set", "learning_rate=1"], "error: --train-set: unknown key 'learning_rate'"),
+        ([*train, "--out", str(tmp_path / "file" / "run")], "error: cannot create the output directory"),
+        (["train", "--task", "nope"], "error: unknown task 'nope'"),
+        ([*train, "--device", "tpu:0"], "error: --device must be cpu, cuda, cuda:N or mps, got 'tpu:0'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*train, "--device", "cuda"], "error: --device cuda: CUDA is not available on this machine"))
+    for argv, expected in cases:
+        line = one_line_error(capsys, argv)
+        assert expected in line, (argv, line)
+
+
+def test_explaining_a_crafted_checkpoint_is_a_one_line_refusal(tmp_path, capsys):
+    from conftest import tiny_cnn
+
+    from sumofparts import SumOfParts
+
+    ck = SumOfParts.from_backbone(tiny_cnn(), adapter="cnn", feature_layer="pool2", grid=(4, 4), num_groups=4,
+                                  tau=0.25).save_pretrained(tmp_path / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["backbone"]["factory"] = "os:system"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    line = one_line_error(capsys, ["explain", str(ck), "--task", "synthetic", "--size", "small"])
+    assert "factory string 'os:system'" in line and "backbone=model" in line
+
+
+def test_a_real_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    import pytest
+
+    import sumofparts.pipeline as pipeline
+
+    def bug(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(pipeline, "build_sop", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["train", "--task", "synthetic", "--size", "small", "--out", str(tmp_path / "o"), "--no-progress"])

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+from .cli_types import NONNEGATIVE_INT, POSITIVE_INT, check_device, parse_overrides
+from .errors import ConfigError, SOPError
+
+__all__ = ["main", "build_parser", "resolve_configs"]
 
 #: modules that add subcommands with a ``register(subparsers)`` function
-_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli"]
+_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli"]
+_PLUGINS += ["sumofparts.segmentation.cli"]
+_PLUGINS += ["sumofparts.analysis.compare_cli"]
+_PLUGINS += ["sumofparts.analysis.concepts_cli"]
 
 
 def _threads(n: int | None) -> None:
@@ -22,32 +28,48 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Sequence[str] | None, *,
+                    steps: int | None = None, seed: int = 0) -> tuple[dict[str, Any], Any]:
+    """Check ``--set``/``--train-set``/``--steps`` before any work starts.
+
+    Returns the SOP overrides (checked against :data:`~sumofparts.model.config.SOP_CONFIG_FIELDS`
+    and combined with the task's defaults once, so that a bad combination fails now) and
+    the :class:`~sumofparts.training.TrainConfig`.
+    """
+    from .model.config import SOP_CONFIG_FIELDS, SOPConfig
+    from .tasks import get_task
+    from .training import TRAIN_CONFIG_FIELDS, TrainConfig
+
+    task = get_task(task_name)
+    sop_over = parse_overrides(sop_set, SOP_CONFIG_FIELDS, "--set", exclude=("backbone",))
+    SOPConfig.from_dict({**task.sop_defaults, **sop_over})
+    train_over = parse_overrides(train_set, TRAIN_CONFIG_FIELDS, "--train-set")
+    if steps is not None:
+        train_over["steps"] = steps
+    return sop_over, TrainConfig.from_dict({**task.train_defaults, "seed": seed, **train_over})
+
+
+def _check_out(out: Path) -> None:
+    from .io import check_writable
+
+    check_writable(out)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--backbone", default=None, help="which backbone of the task (e.g. vit | cnn for fashion)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache (default: $SOP_CACHE or "
                                                                 "~/.cache/sumofparts)")
-    p.add_argument("--steps", type=int, default=None, help="SOP training steps (default: the task's)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="SOP training steps (default: the task's)")
     p.add_argument("--set", dest="sop_set", nargs="*", metavar="KEY=VALUE",
                    help="override SOP config fields, e.g. --set tau=0.2 num_groups=20")
     p.add_argument("--train-set", dest="train_set", nargs="*", metavar="KEY=VALUE",
                    help="override training fields, e.g. --train-set lr=1e-3 batch_size=32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted SOP training in --out")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the configuration differs from the saved run's")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -63,15 +85,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_task
 
     _threads(args.threads)
-    train_over = _overrides(args.train_set)
-    if args.steps is not None:
-        train_over["steps"] = args.steps
+    sop_over, tcfg = resolve_configs(args.task, args.sop_set, args.train_set, steps=args.steps, seed=args.seed)
+    train_over = dataclasses.asdict(tcfg)
     out = args.out or Path("sop-runs") / args.task
+    _check_out(out)
     results = run_task(args.task, out, size=args.size, seed=args.seed, backbone=args.backbone,
-                       cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=_overrides(args.sop_set),
+                       cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=sop_over,
                        resume=args.resume, progress=not args.no_progress,
                        command="sop " + " ".join(shlex.quote(a) for a in args.argv),
-                       eval_n=args.eval_n, eval_methods=args.methods, report=not args.no_report)
+                       eval_n=args.eval_n, eval_methods=args.methods, report=not args.no_report,
+                       allow_config_change=args.allow_config_change)
     print()
     print(results["table"])
     print(f"\nresults: {out / 'results.md'} (and results.json); SOP checkpoint: {out / 'sop' / 'best'}")
@@ -82,26 +105,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import build_sop
-    from .tasks import get_task
-    from .training import TrainConfig, train
+    from .training import train
 
     _threads(args.threads)
     device = "cpu"
     if args.distributed:
         device = _init_distributed()
     elif args.device:
-        device = args.device
-    task = get_task(args.task)
-    sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
-                          backbone=args.backbone, sop_overrides=_overrides(args.sop_set),
-                          progress=not args.no_progress)
-    over = _overrides(args.train_set)
-    if args.steps is not None:
-        over["steps"] = args.steps
-    cfg = TrainConfig.from_dict({**task.train_defaults, "seed": args.seed, **over})
+        device = check_device(args.device)
+    sop_over, cfg = resolve_configs(args.task, args.sop_set, args.train_set, steps=args.steps, seed=args.seed)
     out = args.out or Path("sop-runs") / args.task / "sop"
+    _check_out(out)
+    sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
+                          backbone=args.backbone, sop_overrides=sop_over, progress=not args.no_progress)
     res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress,
-                device=device)
+                device=device, allow_config_change=args.allow_config_change)
     if args.distributed:
         import torch.distributed as dist
 
@@ -121,7 +139,7 @@ def _init_distributed() -> str:
     import torch.distributed as dist
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError("--distributed expects to be started by torchrun (RANK and WORLD_SIZE are not set): "
+        raise ConfigError("--distributed expects to be started by torchrun (RANK and WORLD_SIZE are not set): "
                          "torchrun --nproc_per_node N -m sumofparts.cli train --distributed ...")
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -142,7 +160,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     data = task.load_data(args.cache_dir or default_cache_dir(), size=args.size, seed=args.seed,
                           progress=not args.no_progress)
     if not 0 <= args.index < len(data.test):
-        raise SystemExit(f"error: --index must be in [0, {len(data.test)}), got {args.index}")
+        raise ConfigError(f"--index must be in [0, {len(data.test)}), got {args.index}")
     x, y = data.test[args.index]
     batch = {k: v.unsqueeze(0) for k, v in x.items()} if isinstance(x, dict) else x.unsqueeze(0)
     target = args.target
@@ -172,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: data, backbone, SOP training, evaluation, table")
     p.add_argument("task", nargs="?", default="cosmology", help="task name (default: %(default)s; see `sop tasks`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK)")
-    p.add_argument("--eval-n", type=int, default=None,
+    p.add_argument("--eval-n", type=NONNEGATIVE_INT, default=None,
                    help="test items for the evaluation tables (0: skip the evaluation; default: the task's, "
                         "100 for most, 32 for sentiment)")
     p.add_argument("--methods", nargs="*", default=None,
@@ -193,12 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="list the groups of a trained SOP model for one test item")
     p.add_argument("checkpoint", type=Path, help="an SOP checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--task", required=True, help="the task the model was trained on")
-    p.add_argument("--index", type=int, default=0, help="test item (default: %(default)s)")
-    p.add_argument("--target", type=int, default=None, help="output to explain (default: the predicted class)")
+    p.add_argument("--index", type=NONNEGATIVE_INT, default=0, help="test item (default: %(default)s)")
+    p.add_argument("--target", type=NONNEGATIVE_INT, default=None,
+                   help="output to explain (default: the predicted class)")
     p.add_argument("--size", default="default")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=POSITIVE_INT, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_explain)
 
@@ -217,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sop``. A user's mistake (any :class:`~sumofparts.errors.SOPError`: a bad option, a
+    bad file, an unwritable directory) prints one line and returns 2; anything else is a bug
+    and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -228,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except SOPError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

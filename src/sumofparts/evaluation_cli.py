@@ -10,6 +10,9 @@ import argparse
 import shlex
 from pathlib import Path
 
+from .cli_types import NONNEGATIVE_INT, POSITIVE_INT
+from .errors import ConfigError
+
 __all__ = ["register"]
 
 
@@ -21,9 +24,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
     if args.tie_samples < 1:
-        raise ValueError(f"--tie-samples must be >= 1, got {args.tie_samples}")
+        raise ConfigError(f"--tie-samples must be >= 1, got {args.tie_samples}")
     device = None
     if args.distributed:
         from .cli import _init_distributed
@@ -88,17 +91,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to evaluate (e.g. sop gradcam lime fresh; 'all' for every one; default: a fast "
                         "set per kind of input)")
-    p.add_argument("--n", type=int, default=100, help="number of test items, the first N (default: %(default)s)")
+    p.add_argument("--n", type=POSITIVE_INT, default=100, help="number of test items, the first N (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="SOP checkpoint directory (default: sop-runs/TASK/sop/best, as written by `sop run`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/evaluation)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, the methods' sampling, the tie-break orders "
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the data, the methods' sampling, the tie-break orders "
                                                        "and the bootstrap (default: %(default)s)")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
-    p.add_argument("--batch-size", type=int, default=16, help="items per batch and per shard (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10, help="insertion/deletion steps (default: %(default)s)")
-    p.add_argument("--tie-samples", type=int, default=1,
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="items per batch and per shard (default: %(default)s)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=10, help="insertion/deletion steps (default: %(default)s)")
+    p.add_argument("--tie-samples", type=POSITIVE_INT, default=1,
                    help="random orders tied cells are ranked in, averaged (default: %(default)s)")
     p.add_argument("--robustness", action="store_true",
                    help="also compute infidelity and max-sensitivity (image tasks, every item; slow)")
@@ -106,6 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                          "OUT/shards")
     p.add_argument("--distributed", action="store_true",
                    help="split the batches over the processes of torchrun (gloo on CPU, nccl on GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_evaluate)

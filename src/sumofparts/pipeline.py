@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
 from .tasks import TaskData, default_cache_dir, get_task
@@ -32,14 +33,28 @@ def build_sop(task_name: str, *, cache_dir: Path | None = None, size: str = "def
     data = task.load_data(cache_dir, size=size, seed=seed, progress=progress)
     model = task.load_backbone(data, cache_dir, backbone=backbone, progress=progress)
     adapter = task.make_adapter(model)
-    config = SOPConfig.from_dict({**task.sop_defaults, **(sop_overrides or {})})
+    fields = {**task.sop_defaults, **(sop_overrides or {})}
+    if fields.get("base_value") == "train_mean":
+        fields["base_value"] = train_target_mean(data)
+    config = SOPConfig.from_dict(fields)
     torch.manual_seed(seed)
     return SumOfParts(adapter, config), data
 
 
+def train_target_mean(data: TaskData) -> list[float]:
+    """The mean of the training targets, one value per output (regression tasks)."""
+    if data.kind != "regression":
+        raise ConfigError(f"base_value='train_mean' needs a regression task; {data.name!r} is {data.kind}")
+    targets = getattr(data.train, "targets", None)
+    if targets is None:
+        targets = torch.stack([torch.as_tensor(data.train[i][1]) for i in range(len(data.train))])
+    return [float(v) for v in targets.double().mean(0)]
+
+
 @torch.no_grad()
 def sop_statistics(sop: SumOfParts, dataset, *, batch_size: int = 32, max_batches: int = 0) -> dict[str, float]:
-    """Properties of the explanations on a dataset: groups used, scales, exactness of the sum."""
+    """Properties of the explanations on a dataset: groups used, scales, exactness of the sum
+    (``max_sum_gap``: the largest |logit − b − Σ group attributions|)."""
     sop.eval()
     used, scale, gap, n = 0.0, 0.0, 0.0, 0
     for step, (x, _) in iterate_batches(dataset, batch_size, seed=None):
@@ -51,7 +66,7 @@ def sop_statistics(sop: SumOfParts, dataset, *, batch_size: int = 32, max_batche
         w = out.group_weights.gather(2, pred.view(-1, 1, 1).expand(-1, out.num_groups, 1)).squeeze(-1)
         used += float((w > 0).sum(1).float().sum())
         scale += float(out.scale.mean(1).sum())
-        gap = max(gap, float((out.logits - out.group_attributions.sum(1)).abs().max()))
+        gap = max(gap, float((out.logits - out.base_value - out.group_attributions.sum(1)).abs().max()))
         n += len(out.logits)
     return {"groups_with_weight": used / n, "mean_scale": scale / n, "max_sum_gap": gap}
 
@@ -80,12 +95,13 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
              backbone: str | None = None, cache_dir: Path | None = None, train_overrides: dict[str, Any] | None = None,
              sop_overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool = True,
              command: str | None = None, eval_n: int | None = None, eval_methods: list[str] | None = None,
-             report: bool = True) -> dict[str, Any]:
+             report: bool = True, allow_config_change: bool = False) -> dict[str, Any]:
     """Prepare the data, load or train the backbone, train SOP, evaluate both, write the table.
 
     Writes ``out_dir/sop/`` (checkpoints), ``out_dir/results.json`` and ``out_dir/results.md``,
     the evaluation tables (``out_dir/evaluation/``, unless ``eval_n`` is 0) and the HTML report
-    (unless ``report`` is False), and returns the results dict.
+    (unless ``report`` is False), and returns the results dict. ``allow_config_change``: with
+    ``resume``, continue a run whose saved configuration differs (see :func:`~sumofparts.training.train`).
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -95,7 +111,8 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
                           sop_overrides=sop_overrides, progress=progress)
     t_data = time.time() - t0
     tcfg = TrainConfig.from_dict({**task.train_defaults, "seed": seed, **(train_overrides or {})})
-    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress)
+    result = train(sop, data.train, data.val, tcfg, out_dir / "sop", resume=resume, progress=progress,
+                   allow_config_change=allow_config_change)
     kind = data.kind
     back = evaluate_model(lambda x: sop.backbone(x), data.test, task=kind, progress=progress,
                           desc="evaluate backbone")
@@ -104,17 +121,27 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
                           desc="evaluate SOP")
     stats = sop_statistics(sop, data.test)
     metric = "mse" if kind == "regression" else "error"
-    rows = [
-        {"model": f"backbone ({type(sop.backbone.model).__name__})", metric: back[metric], "n_test": back["n"]},
-        {"model": "SOP", metric: mine[metric], "n_test": mine["n"],
-         "groups with weight": stats["groups_with_weight"], "mean c": stats["mean_scale"],
-         "max gap (logit - Σ groups)": stats["max_sum_gap"]},
-    ]
-    columns = ["model", metric, "n_test", "groups with weight", "mean c", "max gap (logit - Σ groups)"]
+    sop_row = {"model": "SOP", metric: mine[metric], "n_test": mine["n"],
+               "groups with weight": stats["groups_with_weight"], "mean c": stats["mean_scale"],
+               "max gap (logit - b - Σ groups)": stats["max_sum_gap"]}
+    rows = [{"model": f"backbone ({type(sop.backbone.model).__name__})", metric: back[metric], "n_test": back["n"]},
+            sop_row]
+    columns = ["model", metric, "n_test", "groups with weight", "mean c", "max gap (logit - b - Σ groups)"]
+    if kind == "regression":
+        mean = torch.tensor(train_target_mean(data))
+        prior = evaluate_model(lambda x: mean.expand(sop.backbone.batch_size(x), -1), data.test, task=kind)
+        rows.insert(0, {"model": "training-mean predictor", metric: prior[metric], "n_test": prior["n"]})
+        for row, scores in zip(rows, (prior, back, mine)):
+            for name, m, r2 in zip(data.output_names, scores["mse_per_output"], scores["r2_per_output"]):
+                row[f"MSE {name}"], row[f"R² {name}"] = m, r2
+        columns[2:2] = [f"{k} {n}" for n in data.output_names for k in ("MSE", "R²")]
+        results_extra = {"mean_predictor": prior}
+    else:
+        results_extra = {}
     table = format_table(rows, columns)
     results = {
         "task": task_name, "size": size, "seed": seed, "kind": kind, "metric": metric,
-        "backbone": back, "sop": mine, "sop_statistics": stats, "rows": rows,
+        "backbone": back, "sop": mine, "sop_statistics": stats, "rows": rows, **results_extra,
         "sop_config": {k: v for k, v in sop.config.to_dict().items() if k != "backbone"},
         "train_config": dataclasses.asdict(tcfg), "best_step": result.best_step,
         "best_val": result.best_score, "seconds": {"data_and_backbone": t_data, "train": result.seconds,

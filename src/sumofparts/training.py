@@ -13,11 +13,28 @@ Every directory and file is written atomically. ``resume=True`` continues from
 and the optimiser, scheduler and random-number states are restored, so an
 interrupted run loses at most the steps since its last checkpoint (a Ctrl-C
 writes one before stopping).
+
+Persistence safeguards (the functions at the end of this module):
+
+* a Ctrl-C (SIGINT) that lands inside a step's update (``opt.step()``, the scheduler,
+  the step counter) is deferred to the end of the update, so the checkpoint written on
+  the way out has the optimiser and the step counter from the same instant
+  (:class:`_InterruptGuard`); if an interrupt escapes from inside the update anyway,
+  the last written checkpoint is kept rather than overwritten with a torn state;
+* the output directory is locked (:func:`~sumofparts.io.directory_lock`) and checked
+  writable before anything runs;
+* a resume whose saved configuration differs from the current one is refused, naming
+  the differences, unless ``allow_config_change=True`` (:func:`_config_differences`);
+  a checkpoint missing its optimiser or random-number state is refused clearly.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +45,37 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from .io import atomic_directory, atomic_write_json, load_tensors, read_json, save_tensors
-from .model import SumOfParts
+from .errors import ConfigError, InputError, ResumeError, SOPError
+from .io import (atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, recover_directory,
+                 save_tensors)
+from .model import SOPConfig, SumOfParts
 from .model.sop import CONFIG_NAME, WEIGHTS_NAME
+from .validation import Field, check_fields, check_value
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate_model", "iterate_batches", "lr_factor"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate_model", "iterate_batches", "lr_factor",
+           "TRAIN_CONFIG_FIELDS", "RESUME_INERT_FIELDS", "check_targets"]
+
+log = logging.getLogger(__name__)
+
+#: one row per TrainConfig field: its type and range (used for the API, JSON and ``--train-set``)
+TRAIN_CONFIG_FIELDS: dict[str, Field] = {
+    "steps": Field(int, min=1, max=10**9),
+    "batch_size": Field(int, min=1, max=1_000_000),
+    "lr": Field(float, gt=0, max=10),
+    "weight_decay": Field(float, min=0, max=100),
+    "warmup_steps": Field(int, min=0, max=10**9),
+    "min_lr_ratio": Field(float, min=0, max=1),
+    "eval_every": Field(int, min=1, max=10**9),
+    "checkpoint_every": Field(int, min=0, max=10**9),
+    "val_batches": Field(int, min=0, max=10**9),
+    "distill_weight": Field(float, min=0, max=1e6),
+    "max_grad_norm": Field(float, min=0, max=1e6),
+    "seed": Field(int, min=0, max=2**63 - 1),
+}
+
+#: TrainConfig fields that may differ on ``resume`` without ``allow_config_change``: they change
+#: neither the trained weights nor which checkpoint is the best (only how often ``last/`` is written).
+RESUME_INERT_FIELDS = frozenset({"checkpoint_every"})
 
 
 @dataclass
@@ -67,22 +110,17 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.val_batches < 0:
-            raise ValueError("warmup_steps, checkpoint_every and val_batches must be >= 0")
-        if self.distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight!r}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), TRAIN_CONFIG_FIELDS[f.name]))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a dict of TrainConfig fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"unknown TrainConfig keys {unknown}; expected some of {sorted(known)}")
         return cls(**data)
 
 
@@ -114,14 +152,14 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, seed: int | None, star
     """
     n = len(dataset)
     if n == 0:
-        raise ValueError("the dataset is empty")
+        raise ConfigError("the dataset is empty")
     if seed is None:
         for s, i in enumerate(range(0, n, batch_size)):
             yield s, default_collate([dataset[j] for j in range(i, min(n, i + batch_size))])
         return
     per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     if per_epoch == 0:
-        raise ValueError(f"the dataset has {n} items, fewer than one batch of {batch_size}")
+        raise ConfigError(f"the dataset has {n} items, fewer than one batch of {batch_size}")
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
@@ -151,10 +189,17 @@ def _task_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.T
 @torch.no_grad()
 def evaluate_model(predict: Callable[[Any], torch.Tensor], dataset: Dataset, *, task: str, batch_size: int = 32,
                    max_batches: int = 0, device: torch.device | str = "cpu", progress: bool = False,
-                   desc: str = "eval") -> dict[str, float]:
-    """Score ``predict(inputs) -> (B, C)`` on a dataset: accuracy/error or MSE, and the mean loss."""
+                   desc: str = "eval") -> dict[str, Any]:
+    """Score ``predict(inputs) -> (B, C)`` on a dataset, in order.
+
+    Classification: ``accuracy``, ``error``, mean cross-entropy ``loss``. Regression: ``mse``
+    (mean over items and outputs), ``mse_per_output`` and ``r2_per_output``
+    (R² = 1 − SSE/SST of each output over the scored items, so a predictor of the items' mean
+    scores 0), and ``loss``. Always ``n``, the number of items scored.
+    """
     device = torch.device(device)
-    n, loss_sum, correct, sq = 0, 0.0, 0, 0.0
+    n, loss_sum, correct = 0, 0.0, 0
+    sse = sy = syy = None
     total = math.ceil(len(dataset) / batch_size)
     if max_batches:
         total = min(total, max_batches)
@@ -164,14 +209,22 @@ def evaluate_model(predict: Callable[[Any], torch.Tensor], dataset: Dataset, *, 
             break
         x, y = _to(x, device), _to(y, device)
         logits = predict(x)
+        if step == 0:
+            check_targets(y, logits, task)
         loss_sum += float(_task_loss(logits, y, task)) * len(y)
         if task == "regression":
-            sq += float(((logits - y.view_as(logits)) ** 2).mean(-1).sum())
+            t = y.view_as(logits).double()
+            err = ((logits.double() - t) ** 2).sum(0)
+            sse = err if sse is None else sse + err
+            sy = t.sum(0) if sy is None else sy + t.sum(0)
+            syy = (t ** 2).sum(0) if syy is None else syy + (t ** 2).sum(0)
         else:
             correct += int((logits.argmax(-1) == y).sum())
         n += len(y)
     if task == "regression":
-        return {"mse": sq / n, "loss": loss_sum / n, "n": n}
+        sst = (syy - sy ** 2 / n).clamp_min(1e-12)
+        return {"mse": float(sse.sum() / (n * len(sse))), "mse_per_output": (sse / n).tolist(),
+                "r2_per_output": (1 - sse / sst).tolist(), "loss": loss_sum / n, "n": n}
     return {"accuracy": correct / n, "error": 1 - correct / n, "loss": loss_sum / n, "n": n}
 
 
@@ -197,7 +250,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 def _save_checkpoint(directory: Path, sop: SumOfParts, opt: torch.optim.Optimizer | None,
                      state: dict[str, Any]) -> None:
     with atomic_directory(directory) as tmp:
-        atomic_write_json(tmp / CONFIG_NAME, sop.config.to_dict())
+        atomic_write_json(tmp / CONFIG_NAME, sop.config.to_file_dict())
         save_tensors(tmp / WEIGHTS_NAME, sop.state_dict(), metadata={"format": "sumofparts"})
         if opt is not None:
             tensors, meta = _optimizer_tensors(opt)
@@ -209,7 +262,7 @@ def _save_checkpoint(directory: Path, sop: SumOfParts, opt: torch.optim.Optimize
 def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: TrainConfig | None = None,
           out_dir: str | Path = "sop-run", *, resume: bool = False, progress: bool = True,
           device: str | torch.device = "cpu", on_step: Callable[[int, float], None] | None = None,
-          amp: bool | None = None) -> TrainResult:
+          amp: bool | None = None, allow_config_change: bool = False) -> TrainResult:
     """Train ``sop`` (generator + selector; the backbone stays frozen) and keep the best checkpoint.
 
     Args:
@@ -217,7 +270,11 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
         train_data / val_data: datasets of ``(inputs, target)`` items.
         config: hyper-parameters (:class:`TrainConfig`).
         out_dir: where ``best/``, ``last/`` and ``history.json`` go.
-        resume: continue from ``out_dir/last`` (raises if there is none).
+        resume: continue from ``out_dir/last`` (raises if there is none, if it lacks its optimiser or
+            random-number state, or if its configuration differs from this one).
+        allow_config_change: with ``resume``, continue even though the SOP or training
+            configuration differs from the saved one (the differences are logged); fields in
+            :data:`RESUME_INERT_FIELDS` may always differ.
         progress: show a progress bar with the loss and the validation score.
         on_step: called with ``(step, loss)`` after each step (for tests and callbacks).
         amp: mixed precision (bfloat16 autocast); ``None``: on for CUDA devices, off on CPU.
@@ -232,6 +289,8 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
         :class:`TrainResult` with the best step and score; the best model is loaded into ``sop``.
     """
     cfg = config or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"expected config as a TrainConfig, got {type(cfg).__name__}")
     out_dir = Path(out_dir)
     device = torch.device(device)
     task = sop.config.task
@@ -240,14 +299,28 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     is_main = rank == 0
-    progress = progress and is_main
+    with contextlib.ExitStack() as stack:
+        if is_main:  # before anything runs: a second run, or an unwritable directory, fails now
+            stack.enter_context(directory_lock(out_dir, "an SOP training"))
+        return _train_locked(sop, train_data, val_data, cfg, out_dir, resume=resume, progress=progress and is_main,
+                             device=device, on_step=on_step, amp=amp, allow_config_change=allow_config_change,
+                             task=task, metric=metric, better=better, distributed=distributed, rank=rank,
+                             world=world, is_main=is_main)
+
+
+def _train_locked(sop: SumOfParts, train_data: Dataset, val_data: Dataset, cfg: TrainConfig, out_dir: Path, *,
+                  resume: bool, progress: bool, device: torch.device, on_step: Callable[[int, float], None] | None,
+                  amp: bool | None, allow_config_change: bool, task: str, metric: str, better: Callable,
+                  distributed: bool, rank: int, world: int, is_main: bool) -> TrainResult:
+    """The body of :func:`train`, run while the output directory is locked."""
+    dist = torch.distributed
     use_amp = (device.type == "cuda") if amp is None else bool(amp)
     sop.to(device)
     params = sop.trainable_parameters()
     if not params:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     backbone_before = {k: v.detach().clone() for k, v in sop.backbone.model.state_dict().items()} \
@@ -256,21 +329,10 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     start_step, best_score, best_step, history = 0, None, -1, []
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     if resume:
-        if not (last_dir / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {last_dir} (expected trainer_state.json)")
-        sop.load_weights(last_dir / WEIGHTS_NAME)
-        st = read_json(last_dir / "trainer_state.json")
-        saved_cfg = st.get("train_config", {})
-        if saved_cfg.get("seed") != cfg.seed or saved_cfg.get("batch_size") != cfg.batch_size:
-            raise ValueError("cannot resume with a different seed or batch size than the interrupted run "
-                             f"(it had seed={saved_cfg.get('seed')}, batch_size={saved_cfg.get('batch_size')})")
-        opt_tensors = load_tensors(last_dir / "optimizer.safetensors")
-        rng = opt_tensors.pop("rng.torch")
-        _load_optimizer(opt, opt_tensors, st["optimizer"])
-        start_step = int(st["step"])
-        best_score, best_step, history = st.get("best_score"), st.get("best_step", -1), st.get("history", [])
+        saved = _read_resume_state(last_dir, sop, opt, cfg, allow_config_change)
+        start_step, best_score, best_step, history = saved.step, saved.best_score, saved.best_step, saved.history
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + start_step, cfg))
-        torch.set_rng_state(rng)
+        torch.set_rng_state(saved.rng)
     else:
         torch.manual_seed(cfg.seed)
 
@@ -287,9 +349,9 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
         score = scores[metric]
         history.append({"step": step, "val_" + metric: score, "val_loss": scores["loss"]})
         if best_score is None or better(score, best_score):
-            best_score, best_step = score, step
-            if is_main:
+            if is_main:  # written before the state says so: an interrupt here leaves both consistent
                 sop.save_pretrained(best_dir)
+            best_score, best_step = score, step
         return score
 
     def checkpoint(step: int) -> None:
@@ -311,6 +373,8 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     running = None
     last_val = best_score
     batches = iterate_batches(train_data, cfg.batch_size, seed=cfg.seed, start_step=start_step)
+    guard = _InterruptGuard()
+    guard.install()
     try:
         while step < cfg.steps:
             _, (x, y) = next(batches)
@@ -320,6 +384,8 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
             head = min(K - 1, step * K // cfg.steps) if sop.config.sequential_heads else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = net(x, head=head, validate=step == start_step)
+                if step == start_step:
+                    check_targets(y, out.logits, task)
                 loss = _task_loss(out.logits.float(), y, task)
             if cfg.distill_weight > 0:
                 with torch.no_grad():
@@ -336,9 +402,10 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
             loss.backward()
             if cfg.max_grad_norm:
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            step += 1
+            with guard.update():  # a SIGINT here is deferred until the three agree again
+                opt.step()
+                sched.step()
+                step += 1
             lval = loss.item()
             running = lval if running is None else 0.9 * running + 0.1 * lval
             if on_step is not None:
@@ -356,10 +423,15 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
             bar.set_postfix(post)
             bar.update(1)
     except KeyboardInterrupt:
-        if is_main:
-            _save_checkpoint(last_dir, sop, opt, state(step))
         bar.close()
+        if is_main and not guard.torn:
+            _save_checkpoint(last_dir, sop, opt, state(step))
+        elif is_main:
+            log.warning("interrupted inside an optimiser update: the last checkpoint (%s) is kept as it was",
+                        last_dir)
         raise
+    finally:
+        guard.uninstall()
     bar.close()
     if is_main:
         atomic_write_json(out_dir / "history.json", {"metric": metric, "best_step": best_step,
@@ -377,3 +449,228 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     sop.eval()
     return TrainResult(best_step=best_step, best_score=float(best_score), metric=metric, history=history,
                        best_dir=best_dir, seconds=time.time() - t0)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def check_targets(target: Any, logits: torch.Tensor, task: str) -> None:
+    """Check a batch of targets against the model's output ``logits (B, C)``.
+
+    Classification: integer class indices ``(B,)`` in ``[0, C)`` (a float such as 2.9 is
+    refused, not truncated); regression: finite floats ``(B, C)`` (or ``(B,)`` when C = 1).
+    """
+    B, C = logits.shape
+    if not isinstance(target, torch.Tensor):
+        raise InputError(f"expected the targets as a tensor, got {type(target).__name__}")
+    if task == "regression":
+        if not target.is_floating_point():
+            raise InputError(f"regression targets must be floating-point, got dtype {target.dtype}")
+        if tuple(target.shape) not in ((B, C),) + (((B,),) if C == 1 else ()):
+            raise InputError(f"expected regression targets of shape ({B}, {C}), got {tuple(target.shape)}")
+        if not bool(torch.isfinite(target).all()):
+            raise InputError("the regression targets contain NaN or infinite values")
+        return
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise InputError(f"classification targets must be integer class indices, got dtype {target.dtype} "
+                         f"(e.g. {target.flatten()[:3].tolist()}); floats are not truncated to classes")
+    if tuple(target.shape) != (B,):
+        raise InputError(f"expected classification targets of shape ({B},), got {tuple(target.shape)}")
+    if B and (int(target.min()) < 0 or int(target.max()) >= C):
+        raise InputError(f"classification targets must lie in [0, {C}), got values in "
+                         f"[{int(target.min())}, {int(target.max())}]")
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+class _InterruptGuard:
+    """Defers SIGINT while a step's update runs, so that a checkpoint is never torn.
+
+    ``opt.step()`` updates the parameters and the optimiser's moments one parameter at a
+    time; the scheduler and the step counter follow. A KeyboardInterrupt between any two
+    of these would save an optimiser one step ahead of the trainer (or half a step), and a
+    resume would apply that step twice. Inside :meth:`update`, the SIGINT handler only
+    records the signal; the KeyboardInterrupt is raised when the update is complete. If
+    an exception escapes from inside the update anyway (another signal handler, a test),
+    ``torn`` is set and :func:`train` keeps the last checkpoint instead of writing one.
+
+    Only the main thread can install a signal handler; elsewhere the guard only tracks
+    ``torn``. The previous handler is restored by :meth:`uninstall`.
+    """
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = False
+        self.torn = False
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
+            self._installed = False
+
+    def uninstall(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.inside:
+            self.pending = True
+            return
+        self._forward(signum, frame)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        previous = self._previous
+        if previous is signal.SIG_IGN:
+            return
+        if callable(previous):
+            previous(signum, frame)  # the default handler raises KeyboardInterrupt
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[None]:
+        self.inside = True
+        try:
+            yield
+        except BaseException:
+            self.torn = True
+            raise
+        finally:
+            self.inside = False
+        if self.pending:
+            self.pending = False
+            self._forward(signal.SIGINT, None)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+@dataclass
+class _ResumeState:
+    step: int
+    best_score: float | None
+    best_step: int
+    history: list[dict[str, Any]]
+    rng: torch.Tensor
+
+
+_TRAINER_STATE_FIELDS: dict[str, Field] = {
+    "step": Field(int, min=0),
+    "best_score": Field(float, optional=True),
+    "best_step": Field(int, min=-1),
+    "history": Field(list),
+    "train_config": Field(dict),
+    "optimizer": Field(dict),
+    "metric": Field(str, required=False),
+}
+
+
+def _config_differences(saved_sop: dict[str, Any], sop: SOPConfig, saved_train: dict[str, Any],
+                        cfg: TrainConfig) -> list[str]:
+    """``name: saved -> now`` for every setting that differs between a saved run and this one.
+
+    SOP config fields are compared as saved (the backbone spec as its adapter compares it:
+    without version metadata, in the current layout); TrainConfig fields in
+    :data:`RESUME_INERT_FIELDS` are ignored, and a field the saved run did not record is
+    compared with its default.
+    """
+    from .backbones import canonical_spec
+
+    diffs = []
+    now_sop = sop.to_dict()
+    for name, value in now_sop.items():
+        old = saved_sop.get(name)
+        if name == "backbone":
+            if canonical_spec(old) != canonical_spec(value):
+                diffs.append("SOP backbone spec (the adapter or the backbone's configuration)")
+        elif old != value:
+            diffs.append(f"SOP {name}: {old!r} -> {value!r}")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(cfg):
+        if f.name in RESUME_INERT_FIELDS:
+            continue
+        old = saved_train.get(f.name, getattr(defaults, f.name))
+        value = getattr(cfg, f.name)
+        if old != value:
+            diffs.append(f"train {f.name}: {old!r} -> {value!r}")
+    return diffs
+
+
+def _read_resume_state(last_dir: Path, sop: SumOfParts, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                       allow_config_change: bool) -> _ResumeState:
+    """Load ``last/`` into ``sop`` and ``opt`` after checking that it is complete and fits this run."""
+    recover_directory(last_dir)
+    if not last_dir.is_dir():
+        raise ResumeError(f"cannot resume: no checkpoint at {last_dir} (expected trainer_state.json)")
+    names = ("trainer_state.json", "optimizer.safetensors", WEIGHTS_NAME, CONFIG_NAME)
+    missing = [n for n in names if not (last_dir / n).is_file()]
+    if missing:
+        raise ResumeError(f"cannot resume: the checkpoint {last_dir} is incomplete, it lacks {', '.join(missing)} "
+                          "(start again without resume, or restore the files)")
+    where = f"{last_dir / 'trainer_state.json'}: "
+    st = check_fields(read_json(last_dir / "trainer_state.json"), _TRAINER_STATE_FIELDS, where=where, require=True,
+                      allow_unknown=True)
+    saved_sop = read_json(last_dir / CONFIG_NAME)
+    if not isinstance(saved_sop, dict):
+        raise ResumeError(f"cannot resume: {last_dir / CONFIG_NAME} is not a JSON object")
+    diffs = _config_differences(saved_sop, sop.config, st["train_config"], cfg)
+    if diffs and not allow_config_change:
+        raise ResumeError(
+            f"cannot resume {last_dir.parent}: this run's configuration differs from the interrupted run's: "
+            + "; ".join(diffs) + ". Resume with the same settings, or allow the change explicitly "
+            "(train(..., allow_config_change=True), `--allow-config-change`)")
+    if diffs:
+        log.warning("resuming %s with a changed configuration: %s", last_dir.parent, "; ".join(diffs))
+    sop.load_weights(last_dir / WEIGHTS_NAME)
+    tensors = load_tensors(last_dir / "optimizer.safetensors")
+    rng = tensors.pop("rng.torch", None)
+    if rng is None:
+        raise ResumeError(f"cannot resume: {last_dir / 'optimizer.safetensors'} has no random-number state "
+                          "('rng.torch'); the checkpoint is incomplete (start again without resume)")
+    _load_optimizer_checked(opt, tensors, st["optimizer"], last_dir / "optimizer.safetensors")
+    own_rng = torch.get_rng_state()
+    if rng.dtype != own_rng.dtype or tuple(rng.shape) != tuple(own_rng.shape):
+        raise ResumeError(f"cannot resume: the random-number state in {last_dir / 'optimizer.safetensors'} "
+                          f"has shape {tuple(rng.shape)} and dtype {rng.dtype}, this torch's has "
+                          f"{tuple(own_rng.shape)} and {own_rng.dtype}")
+    return _ResumeState(step=st["step"], best_score=st["best_score"], best_step=st["best_step"],
+                        history=st["history"], rng=rng)
+
+
+def _load_optimizer_checked(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                            path: Path) -> None:
+    """Load the AdamW state after checking its names, groups and shapes against ``opt``'s parameters."""
+    groups = meta.get("param_groups")
+    own_groups = opt.param_groups
+    if not isinstance(groups, list) or len(groups) != len(own_groups) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) and len(g["params"]) == len(o["params"])
+            for g, o in zip(groups, own_groups)):
+        raise ResumeError(f"cannot resume: the optimiser state in {path} has no parameter groups matching this "
+                          "model's trainable parameters (missing or other sizes)")
+    params = [p for g in own_groups for p in g["params"]]
+    if not tensors:
+        raise ResumeError(f"cannot resume: {path} holds no optimiser state (the moments of AdamW)")
+    for name, t in tensors.items():
+        parts = name.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(params):
+            raise ResumeError(f"cannot resume: {path} has an unexpected tensor {name!r} "
+                              f"(expected state.<0..{len(params) - 1}>.<key> and rng.torch)")
+        p = params[int(parts[1])]
+        if parts[2] in ("exp_avg", "exp_avg_sq") and (tuple(t.shape) != tuple(p.shape) or t.dtype != p.dtype):
+            raise ResumeError(f"cannot resume: {path} tensor {name} has shape {tuple(t.shape)} and dtype {t.dtype}, "
+                              f"the parameter has {tuple(p.shape)} and {p.dtype}")
+    try:
+        _load_optimizer(opt, tensors, {"param_groups": groups})
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        if isinstance(exc, SOPError):
+            raise
+        raise ResumeError(f"cannot resume: the optimiser state in {path} does not load ({exc})") from None

@@ -8,6 +8,7 @@ import torch
 from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 
 from sumofparts import SOPConfig, SumOfParts
+from sumofparts.errors import ConfigError, InputError
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_nan_and_inf_inputs(sop):
 
 @pytest.mark.parametrize("tau", [0.0, -0.1, 1.5, float("nan")])
 def test_tau_outside_unit_interval(tau):
-    with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"tau must be a finite number in \(0, 1\]"):
         SOPConfig(tau=tau)
 
 
@@ -110,3 +111,75 @@ def test_checkpoint_config_with_unknown_keys(tmp_path, sop):
     (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unknown SOPConfig keys \\['groups'\\]"):
         SumOfParts.from_pretrained(tmp_path / "ck")
+
+
+# --------------------------------------------------------------------------- issue 10: inputs users meet
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_are_refused_with_how_to_convert(sop, dtype):
+    with pytest.raises(InputError, match=rf"backbone's dtype torch.float32, got dtype {dtype}.*x.to\(torch.float32\)"):
+        sop(torch.randn(2, 1, 16, 16, dtype=dtype))
+    sop(torch.randn(2, 1, 16, 16, dtype=dtype).to(torch.float32))  # the advice works
+
+
+def test_an_empty_batch_is_refused(sop):
+    with pytest.raises(InputError, match=r"empty batch.*\(0, 1, 16, 16\)"):
+        sop(torch.zeros(0, 1, 16, 16))
+    text = SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=3, tau=0.3)
+    empty = {k: v[:0] for k, v in text_batch().items()}
+    with pytest.raises(InputError, match="at least one sequence"):
+        text(empty)
+
+
+def test_a_vit_whose_image_size_is_not_a_multiple_of_the_patch_size_is_refused():
+    with pytest.raises(ConfigError, match=r"image size divisible by the patch size.*\(18, 18\).*\(4, 4\)"):
+        SumOfParts.from_backbone(tiny_vit(image_size=18, patch=4), adapter="vit", num_groups=4, tau=0.25)
+
+
+@pytest.mark.parametrize("target", [torch.tensor(2.9), 2.9, [0.0, 1.0], torch.tensor([True, False]), "1"])
+def test_float_targets_are_refused_not_truncated(sop, target):
+    with pytest.raises(InputError, match="expected target as an int or a sequence of 2 ints"):
+        sop.explain(torch.randn(2, 1, 16, 16), target=target)
+    assert int(sop.explain(torch.randn(2, 1, 16, 16), target=torch.tensor(2)).target[0]) == 2
+
+
+def test_bert_token_types_lengths_and_masks_are_checked():
+    sop = SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=3, tau=0.3)
+    bad = text_batch()
+    bad["token_type_ids"] = torch.full_like(bad["input_ids"], 2)  # type_vocab_size is 2
+    with pytest.raises(InputError, match=r"token_type_ids must lie in \[0, 2\), got values in \[2, 2\]"):
+        sop(bad)
+    long = text_batch(B=1, L=65)  # the position table has 64 entries
+    with pytest.raises(InputError, match="65 tokens are longer than the model's position table \\(64 positions\\)"):
+        sop(long)
+    bad = text_batch()
+    bad["attention_mask"] = bad["attention_mask"] * 3
+    with pytest.raises(InputError, match="attention_mask must hold only 0"):
+        sop(bad)
+    ok = text_batch()
+    ok["token_type_ids"] = torch.ones_like(ok["input_ids"])
+    assert torch.isfinite(sop(ok).logits).all()
+
+
+def test_text_models_check_num_groups_against_the_candidates():
+    # 1e8 groups would allocate gigabytes: refused by the config table at once
+    with pytest.raises(ConfigError, match=r"num_groups must be an integer in \[1, 100000\]"):
+        SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=10**8)
+    # more groups than one head's candidates at the longest sequence (64 positions)
+    with pytest.raises(ConfigError, match="num_groups=65 is more than the 64 candidate groups"):
+        SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=65, tau=0.3)
+    # and at run time, against this batch's cells: 2 heads x 12 tokens
+    sop = SumOfParts.from_backbone(tiny_bert(), adapter="bert", num_groups=30, tau=0.3, sequential_heads=False,
+                                   num_heads=2)
+    with pytest.raises(ConfigError, match="num_groups=30 is more than the 24 candidate groups"):
+        sop(text_batch(L=12))
+
+
+def test_adapter_arguments_are_typed_and_unknown_ones_named():
+    with pytest.raises(ConfigError, match=r"grid must be a list of 2 integers >= 1, got '44'"):
+        SumOfParts.from_backbone(tiny_cnn(), adapter="cnn", feature_layer="pool2", grid="44", num_groups=4)
+    with pytest.raises(ConfigError, match="drop_patches must be a boolean"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", drop_patches="no", num_groups=4)
+    with pytest.raises(ConfigError, match=r"unknown arguments \['num_group'\]: neither SOPConfig fields .* nor "
+                                          r"arguments of ViTAdapter \(drop_patches, generator_layer"):
+        SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_group=4)

@@ -79,6 +79,26 @@ def test_shares_histograms_bootstrap_and_verdict():
     plt.close(fig)
 
 
+def test_no_conclusion_about_a_parameter_sop_cannot_predict():
+    maps, masks = _planted(n=30)
+    w = np.zeros((30, 3, 2))
+    w[:, :, 0] = [0.2, 0.7, 0.1]
+    w[:, :, 1] = [0.6, 0.3, 0.1]
+    res = CS.case_study(maps, masks, w, n_boot=100, r2=[-2.27, 0.87])
+    claims = res["verdict"]["claims"]
+    # every comparison across outputs involves Omega_m: none is stated; sigma_8's own claim is
+    assert claims["voids weigh more for Omega_m than for sigma_8"].startswith("not stated: SOP's R² for Omega_m is -2.27")
+    assert claims["voids weigh more than clusters for Omega_m"].startswith("not stated")
+    assert claims["voids weigh more than clusters for sigma_8"] == "no"
+    assert "Omega_m: no conclusion" in res["verdict"]["summary"] and res["verdict"]["reproduced"] is False
+    md = CS.case_study_markdown(res)
+    assert "R² Omega_m -2.270" in md and "only when its R² is at least 0.7" in md
+    ok = CS.case_study(maps, masks, w, n_boot=100, r2=[0.8, 0.9])["verdict"]["claims"]
+    assert ok["voids weigh more for Omega_m than for sigma_8"] == "yes"
+    with pytest.raises(ValueError, match="r2 has 1 values"):
+        CS.case_study(maps, masks, w, n_boot=10, r2=[0.8])
+
+
 def test_bootstrap_interval_is_wide_when_maps_disagree():
     maps, masks = _planted(n=40, seed=1)
     w = np.zeros((40, 3, 2))

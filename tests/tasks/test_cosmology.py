@@ -1,6 +1,7 @@
 """The cosmology task: simulator physics, cache, splits, the CosmoGrid CNN and its weights."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -178,6 +179,54 @@ def test_cache_is_reused_and_keyed_by_the_parameters(small, monkeypatch):
               replace(base, n_cosmologies=13).content_hash()}
     assert len(hashes) == 5
     assert replace(base).content_hash() == base.content_hash()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("flip", "does not match the digest"), ("nan", "does not match the digest"),
+    ("zero-targets", "does not match the digest"), ("truncate", "does not match the digest"),
+    ("no-digest", "no data digest"), ("bad-manifest", "unreadable"),
+])
+def test_a_damaged_cache_is_regenerated_with_a_warning(tmp_path, monkeypatch, damage, reason):
+    import warnings
+
+    from sumofparts.errors import CacheWarning
+    from sumofparts.io import load_tensors, save_tensors
+
+    # a power-law stand-in for pyccl keeps this fast; the cache is what is tested
+    monkeypatch.setattr(cm, "convergence_cl", lambda om, s8, ells, config=None: 1e-9 * s8 ** 2 * (ells / 100) ** -1.2)
+    cfg = replace(SIZES["small"], n_cosmologies=3, field_pixels=132)
+    arrays, manifest = cm.load_or_generate(tmp_path, cfg, size="t", progress=False)
+    path = cm.cache_path(tmp_path, cfg, "t")
+    data = path / "maps.safetensors"
+    assert manifest["data_sha256"] == read_json(path / "manifest.json")["data_sha256"]
+    if damage == "flip":
+        blob = bytearray(data.read_bytes())
+        blob[-100] ^= 0xFF
+        data.write_bytes(bytes(blob))
+    elif damage in ("nan", "zero-targets"):  # still a valid safetensors file, other contents
+        tensors = load_tensors(data)
+        if damage == "nan":
+            tensors["maps"][0, 0, 0] = float("nan")
+        else:
+            tensors["params"].zero_()
+        save_tensors(data, tensors)
+    elif damage == "truncate":
+        data.write_bytes(data.read_bytes()[:1000])
+    elif damage == "no-digest":
+        m = read_json(path / "manifest.json")
+        del m["data_sha256"]
+        (path / "manifest.json").write_text(json.dumps(m))
+    else:
+        (path / "manifest.json").write_text("{")
+    with pytest.warns(CacheWarning, match=reason):
+        again, m2 = cm.load_or_generate(tmp_path, cfg, size="t", progress=False)
+    assert m2["generated"] is True
+    for key in ("maps", "params"):
+        np.testing.assert_array_equal(again[key], arrays[key])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the regenerated cache is trusted again
+        third, m3 = cm.load_or_generate(tmp_path, cfg, size="t", progress=False)
+    assert m3["generated"] is False
 
 
 def test_generation_is_seeded(monkeypatch):

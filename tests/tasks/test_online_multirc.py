@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,10 @@ def test_annotations_parsed(fixture):
     assert docs["Fiction-stories-2.txt"] == _tokens("Fiction-stories-2.txt")
 
 
+def _index(dataset, annotation_id):
+    return dataset.annotation_ids.index(annotation_id)
+
+
 def test_shapes_and_labels(data):
     assert data.meta["sizes"] == {"train": 3, "val": 1, "test": 2}
     assert data.output_names == ["False", "True"]
@@ -130,7 +135,12 @@ def test_shapes_and_labels(data):
     for v in inputs.values():
         assert v.shape == (96,) and v.dtype == torch.int64
     assert target.dtype == torch.int64 and target.ndim == 0
-    assert data.train.labels.tolist() == [1, 0, 1] and data.test.labels.tolist() == [0, 1]
+    # label 1 means ERASER's classification "True" (the answer is correct), whatever the order
+    for split, rows in SPLITS.items():
+        d = getattr(data, split)
+        assert sorted(d.annotation_ids) == sorted(r["annotation_id"] for r in rows)
+        for r in rows:
+            assert int(d.labels[_index(d, r["annotation_id"])]) == (r["classification"] == "True")
     assert data.test_foreground.shape == (2, 96) and data.test_foreground.dtype == torch.bool
     # pair encoding: the query is the second segment
     assert data.train.token_type_ids[0].max() == 1
@@ -140,7 +150,8 @@ def test_evidence_aligned_to_word_pieces(data, fixture):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(fixture[1]))
-    for i, row in enumerate(SPLITS["test"]):
+    for row in SPLITS["test"]:
+        i = _index(data.test, row["annotation_id"])
         fg = data.test_foreground[i]
         decoded = tok.decode(data.test.input_ids[i][fg])
         toks = _tokens(row["evidences"][0][0]["docid"])
@@ -156,9 +167,10 @@ def test_truncation_keeps_query_and_counts_lost_evidence(fixture):
     assert data.meta["passages_truncated"]["test"] == 2
     assert data.meta["evidence_tokens_truncated"]["test"] > 0
     # the query (segment 1) survives whole: "when does construction begin ? | | in winter" + [SEP]
-    ids = data.test.input_ids[0]
-    assert (data.test.token_type_ids[0] == 1).sum() >= 10
-    assert ids[data.test.attention_mask[0].bool()][-1] == 102
+    i = _index(data.test, SPLITS["test"][0]["annotation_id"])
+    ids = data.test.input_ids[i]
+    assert (data.test.token_type_ids[i] == 1).sum() >= 10
+    assert ids[data.test.attention_mask[i].bool()][-1] == 102
 
 
 def test_missing_data_error(tmp_path, monkeypatch):
@@ -205,6 +217,91 @@ def test_backbone_without_head_is_finetuned_and_cached(data, fixture, tmp_path):
     model = task.load_backbone(data, tmp_path / "cache", progress=False)
     cached = list((tmp_path / "cache" / "multirc").glob("finetuned-*/config.json"))
     assert len(cached) == 1
+    assert json.loads(cached[0].read_text())["id2label"] == {"0": "False", "1": "True"}
     again = task.load_backbone(data, tmp_path / "cache", train_if_missing=False, progress=False)
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# ---------------------------------------------------------------------------------------------
+# order and subsets: seeded random, not the first rows of the file
+# ---------------------------------------------------------------------------------------------
+def write_large_eraser(root, n_docs=3, n_questions=4, n_answers=4):
+    """Like the real files: the answers of a question, and the questions of a passage, are
+    consecutive lines (annotation ids <docid>:<question>:<answer>)."""
+    (root / "docs").mkdir(parents=True)
+    rows = []
+    for d in range(n_docs):
+        doc = f"Fiction-stories-masc-Story_{d}-2.txt"
+        (root / "docs" / doc).write_text(f"Story {d} begins here .\nIt ends with number {d} .\n")
+        for q in range(n_questions):
+            for a in range(n_answers):
+                ev = {"docid": doc, "start_token": 0, "end_token": 4, "start_sentence": 0, "end_sentence": 1,
+                      "text": f"Story {d} begins here"}
+                rows.append({"annotation_id": f"{doc}:{q}:{a}", "classification": "True" if a == q % n_answers
+                             else "False", "docids": None, "evidences": [[ev]],
+                             "query": f"Question {q} ? || Answer {a}", "query_type": None})
+    for split in ("train", "val", "test"):
+        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return root, [r["annotation_id"] for r in rows]
+
+
+def test_small_is_a_seeded_random_subset(tmp_path, fixture):
+    root, ids = write_large_eraser(tmp_path / "large")
+    task = MultiRCTask(data_dir=root, model=fixture[1], max_length=32)
+    runs = {seed: task.load_data(tmp_path / "cache", size="small", seed=seed) for seed in (0, 1)}
+    for seed, data in runs.items():
+        for split, n in mrc.SMALL_SIZES.items():
+            got = getattr(data, split).annotation_ids
+            assert len(got) == min(n, len(ids)) == len(set(got))
+            assert got == [ids[i] for i in mrc.split_order(len(ids), seed, split)[:n]]   # the documented draw
+        test = data.test.annotation_ids
+        assert test != ids[:16] and len({a.split(":")[0] for a in test}) > 1    # not the first passage only
+    assert runs[0].test.annotation_ids != runs[1].test.annotation_ids
+    again = task.load_data(tmp_path / "cache", size="small", seed=1)
+    assert again.test.annotation_ids == runs[1].test.annotation_ids
+    assert torch.equal(again.test.input_ids, runs[1].test.input_ids)
+    # default: every annotation, in a seeded random order
+    full = task.load_data(tmp_path / "cache", size="default", seed=0)
+    assert sorted(full.test.annotation_ids) == sorted(ids) and full.test.annotation_ids != ids
+
+
+def test_split_order_is_uniform():
+    first = np.zeros(12)
+    for seed in range(1200):
+        order = mrc.split_order(12, seed, "test")
+        assert sorted(order.tolist()) == list(range(12))
+        first[order[0]] += 1
+    assert np.all(np.abs(first / 1200 - 1 / 12) < 0.04)
+
+
+# ---------------------------------------------------------------------------------------------
+# the backbone's label order
+# ---------------------------------------------------------------------------------------------
+def test_check_label_order():
+    from transformers import BertConfig
+
+    def cfg(id2label):
+        return BertConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+
+    assert mrc.check_label_order(cfg({0: "False", 1: "True"})) == "named"
+    assert mrc.check_label_order(cfg({0: "incorrect", 1: "Correct"})) == "named"
+    assert mrc.check_label_order(cfg({0: "LABEL_0", 1: "LABEL_1"})) == "assumed"
+    with pytest.raises(ValueError, match=r"puts True at index 0.*Swap the classifier"):
+        mrc.check_label_order(cfg({0: "True", 1: "False"}))
+    with pytest.raises(ValueError, match=r"'negative'.*does not name MultiRC's classes"):
+        mrc.check_label_order(cfg({0: "negative", 1: "positive"}))
+    with pytest.raises(ValueError, match="must have 2 outputs"):
+        mrc.check_label_order(cfg({0: "False", 1: "True", 2: "Maybe"}))
+
+
+def test_backbone_with_reversed_labels_is_refused(data, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    path = tiny_bert_dir(tmp_path / "reversed")
+    model = BertForSequenceClassification.from_pretrained(path)
+    model.config.id2label, model.config.label2id = {0: "True", 1: "False"}, {"True": 0, "False": 1}
+    model.save_pretrained(path)
+    with pytest.raises(ValueError, match="puts True at index 0"):
+        MultiRCTask(model=path).load_backbone(data, tmp_path / "cache")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sumofparts import SOPConfig, SumOfParts, TrainConfig, train
+from sumofparts.errors import ResumeError
 from sumofparts.io import load_tensors
 from sumofparts.tasks import get_task
 from sumofparts.training import iterate_batches, lr_factor
@@ -103,10 +104,10 @@ def test_interrupted_training_resumes_to_the_same_weights(bars, tmp_path):
 
 def test_resume_without_checkpoint_or_with_other_seed_is_refused(bars, tmp_path):
     task, data, model = bars
-    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint"):
+    with pytest.raises(ResumeError, match="cannot resume: no checkpoint"):
         train(fresh_sop(task, model), data.train, data.val, small_cfg(), tmp_path, resume=True, progress=False)
     train(fresh_sop(task, model), data.train, data.val, small_cfg(steps=6), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="different seed or batch size"):
+    with pytest.raises(ResumeError, match="train steps: 6 -> 8; train seed: 0 -> 1"):
         train(fresh_sop(task, model), data.train, data.val, small_cfg(steps=8, seed=1), tmp_path, resume=True,
               progress=False)
 
@@ -172,5 +173,5 @@ def test_batch_order_is_a_function_of_seed_and_step(bars):
 def test_train_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown TrainConfig keys \\['learning_rate'\\]"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 1000000000\], got 0"):
         TrainConfig(steps=0)

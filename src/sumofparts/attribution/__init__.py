@@ -11,19 +11,27 @@
 Names (lowercase, stable): the post-hoc methods ``saliency, smoothgrad, gradxinput,
 intgrad, deeplift, guided_backprop, deconvolution, gradcam, guided_gradcam, lrp,
 feature_ablation, occlusion, shapley, kernelshap, lime, rise``; the self-attributing
-``fresh, bagnet, sop``; and ``"<post-hoc name>-f"`` for the "-F" conversion of any
-post-hoc method (options: ``tau`` plus the wrapped method's own). See docs/methods.md.
+``fresh, bagnet, sop``; the layer methods ``layer_intgrad, layer_gradcam,
+layer_conductance, layer_activation, layer_gradxactivation`` (option ``layer=`` a name from
+``adapter.named_layers()``) and the neuron methods ``neuron_intgrad, neuron_conductance,
+neuron_gradient`` (options ``layer=``, ``neuron=(unit, *position)``); and ``"<post-hoc
+name>-f"`` for the "-F" conversion of any post-hoc method (options: ``tau`` plus the wrapped
+method's own). See docs/methods.md.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from ..backbones.base import BackboneAdapter
+from ..errors import ConfigError, InputTypeError
 from .base import AttributionMethod, GroupedResult, check_target, top_tau_cells
 from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, CaptumMethod, Deconvolution, DeepLift,
                              EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
                              GuidedGradCAM, IntegratedGradients, KernelSHAP, Occlusion, Saliency,
                              ShapleyValueSampling, SmoothGrad)
+from .layer_methods import (LAYER_METHODS, NEURON_METHODS, LayerActivation, LayerConductance, LayerGradCAM,
+                            LayerGradientXActivation, LayerIntegratedGradients, LayerMethod, NeuronConductance,
+                            NeuronGradient, NeuronIntegratedGradients, NeuronMethod)
 from .rise import RISE
 from .self_attributing import FRESH, BagNetMethod, BagNetModel, FConversion, SOPMethod
 
@@ -33,10 +41,14 @@ __all__ = [
     "Saliency", "SmoothGrad", "GradientXInput", "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution",
     "GradCAM", "GuidedGradCAM", "LRP", "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME",
     "RISE", "FRESH", "FConversion", "SOPMethod", "BagNetModel", "BagNetMethod", "DEFAULT_SAMPLE_BUDGET",
+    "LayerMethod", "NeuronMethod", "LayerIntegratedGradients", "LayerGradCAM", "LayerConductance", "LayerActivation",
+    "LayerGradientXActivation", "NeuronIntegratedGradients", "NeuronConductance", "NeuronGradient", "LAYER_METHODS",
+    "NEURON_METHODS",
 ]
 
 #: post-hoc methods: name -> class (each also has a "<name>-f" form)
-POST_HOC_METHODS: dict[str, type[AttributionMethod]] = {**CAPTUM_METHODS, "rise": RISE}
+POST_HOC_METHODS: dict[str, type[AttributionMethod]] = {**CAPTUM_METHODS, "rise": RISE, **LAYER_METHODS,
+                                                         **NEURON_METHODS}
 #: self-attributing methods: name -> class
 SELF_ATTRIBUTING_METHODS: dict[str, type[AttributionMethod]] = {"fresh": FRESH, "bagnet": BagNetMethod,
                                                                   "sop": SOPMethod}
@@ -65,7 +77,7 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
     SumOfParts (``adapter`` may then be None: the model's own backbone is used).
     """
     if not isinstance(name, str):
-        raise TypeError(f"method name must be a str, got {type(name).__name__}")
+        raise InputTypeError(f"method name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
     factory: Callable[..., AttributionMethod] | None = None
     if key.endswith("-f"):
@@ -75,14 +87,14 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
             tie_seed = options.pop("tie_seed", 0)
             return FConversion(POST_HOC_METHODS[base](adapter, **options), tau=tau, tie_seed=tie_seed)
         if base in SELF_ATTRIBUTING_METHODS:
-            raise ValueError(f"{base!r} is already self-attributing; '-f' applies to the post-hoc methods "
+            raise ConfigError(f"{base!r} is already self-attributing; '-f' applies to the post-hoc methods "
                              f"({', '.join(POST_HOC_METHODS)})")
     else:
         factory = POST_HOC_METHODS.get(key) or SELF_ATTRIBUTING_METHODS.get(key)
     if factory is None:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(available_methods())}")
+        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(available_methods())}")
     if key == "sop":
         return SOPMethod(adapter, **options)
     if adapter is None:
-        raise TypeError(f"method {key!r} needs a BackboneAdapter, got None")
+        raise InputTypeError(f"method {key!r} needs a BackboneAdapter, got None")
     return factory(adapter, **options)

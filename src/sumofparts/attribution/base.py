@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..backbones.base import BackboneAdapter, Inputs, describe
+from ..errors import InputError, InputTypeError
 from ..metrics.ranking import count_of_fraction, top_cells
 
 __all__ = ["AttributionMethod", "GroupedResult", "check_target", "seeded", "top_tau_cells",
@@ -72,32 +73,32 @@ def check_target(target: Any, batch_size: int, num_outputs: int, device: torch.d
     each value in ``[0, num_outputs)``.
     """
     if target is None:
-        raise ValueError("target is required: pass the class to explain (an int, or one int per input)")
+        raise InputError("target is required: pass the class to explain (an int, or one int per input)")
     if isinstance(target, bool):
-        raise TypeError(f"expected target as an int or {batch_size} ints, got a bool")
+        raise InputTypeError(f"expected target as an int or {batch_size} ints, got a bool")
     if isinstance(target, int):
         t = torch.full((batch_size,), target, dtype=torch.long, device=device)
     else:
         if isinstance(target, torch.Tensor):
             if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                raise TypeError(f"expected an integer target tensor, got {describe(target)}")
+                raise InputTypeError(f"expected an integer target tensor, got {describe(target)}")
             t = target.to(device=device, dtype=torch.long)
         else:
             try:
                 t = torch.as_tensor(list(target), device=device)
             except (TypeError, ValueError) as exc:
-                raise TypeError(f"expected target as an int or a sequence of {batch_size} ints, "
+                raise InputTypeError(f"expected target as an int or a sequence of {batch_size} ints, "
                                 f"got {type(target).__name__}") from exc
             if t.is_floating_point() or t.dtype == torch.bool:
-                raise TypeError(f"expected integer targets, got {t.dtype}")
+                raise InputTypeError(f"expected integer targets, got {t.dtype}")
             t = t.long()
         if t.ndim == 0:
             t = t.expand(batch_size).clone()
         if t.shape != (batch_size,):
-            raise ValueError(f"expected target as an int or {batch_size} ints (one per input), "
+            raise InputError(f"expected target as an int or {batch_size} ints (one per input), "
                              f"got shape {tuple(t.shape)}")
     if bool(((t < 0) | (t >= num_outputs)).any()):
-        raise ValueError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
+        raise InputError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
     return t
 
 
@@ -127,9 +128,9 @@ def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float,
     model's own top-τ rule).
     """
     if not 0.0 < float(tau) <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        raise InputError(f"tau must be in (0, 1], got {tau!r}")
     if cell_scores.shape != valid.shape:
-        raise ValueError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
+        raise InputError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
     return top_cells(cell_scores, valid, count_of_fraction(valid, float(tau), at_least_one=True), keys)
 
 
@@ -152,7 +153,7 @@ def cell_representatives(adapter: BackboneAdapter, inputs: Inputs) -> torch.Tens
     first = torch.full((N,), ids.numel(), dtype=torch.long, device=ids.device)
     first.scatter_reduce_(0, ids, pos, reduce="amin")
     if bool((first == ids.numel()).any()):
-        raise ValueError("a cell covers no input feature; cell-level scores cannot be read back")
+        raise InputError("a cell covers no input feature; cell-level scores cannot be read back")
     return first
 
 
@@ -194,13 +195,13 @@ class AttributionMethod:
 
     def __init__(self, adapter: BackboneAdapter, **options: Any):
         if not isinstance(adapter, BackboneAdapter):
-            raise TypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
+            raise InputTypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
         if adapter.family not in self.families:
             raise NotImplementedError(
                 f"method {self.name!r} supports the {', '.join(self.families)} families, "
                 f"not {adapter.family!r}")
         if options:
-            raise TypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
+            raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
         self.adapter = adapter
 
     def __repr__(self) -> str:
@@ -209,7 +210,8 @@ class AttributionMethod:
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def is_text(self) -> bool:
-        return not isinstance(self.adapter.cell_grid, tuple)
+        """The inputs are token ids: gradient methods work on the word embeddings (``adapter.token_inputs``)."""
+        return bool(self.adapter.token_inputs)
 
     def _prepare(self, inputs: Inputs, target: Target) -> torch.Tensor:
         self.adapter.validate(inputs)
@@ -248,6 +250,15 @@ class AttributionMethod:
             return attr.reshape(attr.shape[0], -1)[:, idx].to(torch.float32)
         return self.adapter.pool_to_cells(attr, inputs)
 
+    def inapplicable_metrics(self) -> dict[str, str]:
+        """Evaluation metrics that say nothing about this method's attributions, each with the reason.
+
+        Keys: ``"prediction"`` (the error / MSE of the method's "-F" prediction),
+        ``"fidelity"``, ``"insertion"``, ``"deletion"``, ``"infidelity"``. ``sop evaluate`` shows those cells as
+        N/A with the reason under the table. Default: none (every metric applies).
+        """
+        return {}
+
     def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
         """Grouped methods only: masks ``(B, G, N)``, scores ``(B, G)``, prediction ``(B, C)``."""
         raise NotImplementedError(f"method {self.name!r} does not produce groups")
@@ -273,7 +284,7 @@ class AttributionMethod:
             return torch.zeros_like(empty_outputs)
         if self.completeness is None:
             return None
-        raise ValueError(f"unknown completeness {self.completeness!r} for method {self.name!r}")
+        raise InputError(f"unknown completeness {self.completeness!r} for method {self.name!r}")
 
 
 #: a factory ``(adapter, **options) -> AttributionMethod``

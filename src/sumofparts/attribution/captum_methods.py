@@ -40,6 +40,7 @@ from torch import nn
 
 from ..backbones.base import BackboneAdapter, Inputs
 from .base import AttributionMethod, seeded
+from ..errors import InputTypeError
 
 __all__ = [
     "CaptumMethod", "EmbeddingForward", "text_embeddings", "Saliency", "SmoothGrad", "GradientXInput",
@@ -114,7 +115,7 @@ class CaptumMethod(AttributionMethod):
     def __init__(self, adapter: BackboneAdapter, *, seed: int | None = 0, **options: Any):
         unknown = set(options) - set(self.defaults)
         if unknown:
-            raise TypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
+            raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
                             f"expected some of {sorted(self.defaults) + ['seed']}")
         super().__init__(adapter)
         self.options = {**self.defaults, **options}
@@ -325,73 +326,14 @@ class Deconvolution(CaptumMethod):
 # ---------------------------------------------------------------------------------------------
 # Grad-CAM
 # ---------------------------------------------------------------------------------------------
-class _GridView(nn.Module):
-    """Identity module: a named place where a transformer's tokens are seen as a grid.
-
-    Grad-CAM needs a layer whose output is ``(B, channels, *spatial)``; a transformer
-    layer's tokens are ``(B, T, D)``. A forward pre-hook on the chosen encoder layer
-    passes its input tokens through this module as ``(B, D, h, w)`` (ViT: the patch
-    tokens, CLS left out) or ``(B, D, L)`` (BERT: all tokens), so Captum's
-    ``LayerGradCam`` on it is Grad-CAM on the token grid.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def _encoder_layers(adapter: BackboneAdapter) -> nn.ModuleList:
-    if adapter.family == "vit":
-        return adapter.model.vit.layers
-    base = adapter.model.base_model
-    encoder = getattr(base, "encoder", None)
-    layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-    if layers is None:
-        raise NotImplementedError(f"cannot find the encoder layers of a {type(adapter.model).__name__}")
-    return layers
-
-
-@contextlib.contextmanager
-def token_grid(adapter: BackboneAdapter, layer_index: int = -1) -> Iterator[nn.Module]:
-    """Route the input tokens of encoder layer ``layer_index`` through a :class:`_GridView`.
-
-    Yields the view module (the layer to give ``LayerGradCam``); the hook is removed on exit.
-    The input of the last layer is used by default: after the last layer only the CLS
-    token reaches the classifier, so the patch tokens' gradients there are zero.
-    """
-    layers = _encoder_layers(adapter)
-    if not -len(layers) <= layer_index < len(layers):
-        raise ValueError(f"layer_index must be in [-{len(layers)}, {len(layers)}), got {layer_index}")
-    view = _GridView()
-    grid = adapter.cell_grid
-
-    def hook(module, args, kwargs):
-        if args:
-            h, rest = args[0], args[1:]
-        else:
-            h, rest = kwargs.pop("hidden_states"), ()
-        if grid is not None:  # ViT: (B, 1+N, D) -> patches (B, D, h, w)
-            cls, patches = h[:, :1], h[:, 1:]
-            B, N, D = patches.shape
-            g = view(patches.transpose(1, 2).reshape(B, D, *grid))
-            h = torch.cat([cls, g.reshape(B, D, N).transpose(1, 2)], dim=1)
-        else:  # text: (B, L, D) -> (B, D, L)
-            h = view(h.transpose(1, 2)).transpose(1, 2)
-        return (h, *rest), kwargs
-
-    handle = layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield view
-    finally:
-        handle.remove()
-
-
 class GradCAM(CaptumMethod):
     """Grad-CAM: ReLU(Σ_k α_k A^k), α_k = mean over positions of ∂f_t/∂A^k, upsampled to the input.
 
-    ``LayerGradCam`` on: CNN, the adapter's ``feature_layer`` (or ``layer=`` a module
-    name); ViT, the patch tokens entering encoder layer ``layer_index`` (default the
-    last) seen as a ``(D, h, w)`` grid; BERT, the tokens entering that layer as a
-    ``(D, L)`` sequence. Images: upsampled with ``LayerAttribution.interpolate``
+    ``LayerGradCam`` on the adapter's view (``layer_view``) of a layer: ``layer=`` a name
+    from ``adapter.named_layers()``, by default ``adapter.default_layer()`` (CNN: the
+    ``feature_layer``; ViT: the patch tokens entering the last encoder block, seen as a
+    ``(D, h, w)`` grid; BERT: the tokens entering it as a ``(D, L)`` sequence);
+    ``layer_index`` picks the tokens entering another encoder block. Images: upsampled with ``LayerAttribution.interpolate``
     (``interpolate_mode``) to ``(H, W)`` and repeated on every channel. One forward and
     one backward pass.
     """
@@ -401,24 +343,28 @@ class GradCAM(CaptumMethod):
                     "are meant to add up to the output")
     defaults = {"relu_attributions": True, "interpolate_mode": "bilinear", "layer": None, "layer_index": -1}
 
+    def layer_name(self, opts: dict[str, Any] | None = None) -> str:
+        """The layer Grad-CAM reads: ``layer`` if named, else the one entering encoder block
+        ``layer_index`` when that is not -1 (transformers), else the adapter's default layer."""
+        opts = opts or self.options
+        if opts["layer"] is not None:
+            self.adapter.layer(opts["layer"])  # an unknown name raises, listing the valid ones
+            return opts["layer"]
+        if opts["layer_index"] != -1:
+            return self.adapter.layer_entering(opts["layer_index"])
+        return self.adapter.default_layer()
+
     @contextlib.contextmanager
     def layer_module(self, opts: dict[str, Any] | None = None) -> Iterator[nn.Module]:
-        """The layer Grad-CAM reads (CNN: a module of the model; transformers: a token-grid view)."""
-        opts = opts or self.options
-        if self.adapter.family == "cnn":
-            name = opts["layer"] or self.adapter.feature_layer
-            modules = dict(self.adapter.model.named_modules())
-            if name not in modules:
-                raise ValueError(f"layer {name!r} is not a module of the CNN")
-            yield modules[name]
-        else:
-            with token_grid(self.adapter, opts["layer_index"]) as view:
-                yield view
+        """The module Captum's ``LayerGradCam`` is given: the adapter's view of :meth:`layer_name`
+        as ``(B, K, *positions)`` (CNN: the layer itself; transformers: its tokens on the cells)."""
+        with self.adapter.layer_view(self.layer_name(opts)) as view:
+            yield view
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(kwargs) - set(self.defaults)
         if unknown:
-            raise TypeError(f"{self.name}.attribute got unexpected arguments {sorted(unknown)}; "
+            raise InputTypeError(f"{self.name}.attribute got unexpected arguments {sorted(unknown)}; "
                             f"expected some of {sorted(self.defaults)}")
         return {**self.options, **kwargs}
 

@@ -24,6 +24,7 @@ from torch import nn
 from ..backbones.base import BackboneAdapter, Inputs
 from .base import AttributionMethod
 from .captum_methods import DEFAULT_SAMPLE_BUDGET
+from ..errors import InputError, InputTypeError
 
 __all__ = ["RISE", "rise_masks"]
 
@@ -72,16 +73,16 @@ class RISE(AttributionMethod):
                  batch_size: int | None = None, seed: int = 0):
         super().__init__(adapter)
         if int(n_masks) < 1:
-            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+            raise InputError(f"n_masks must be >= 1, got {n_masks}")
         if not 0.0 < float(p) <= 1.0:
-            raise ValueError(f"p must be in (0, 1], got {p}")
+            raise InputError(f"p must be in (0, 1], got {p}")
         if task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+            raise InputError(f"task must be 'classification' or 'regression', got {task!r}")
         output = output or ("prob" if task == "classification" else "logit")
         if output not in ("prob", "logit"):
-            raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
+            raise InputError(f"output must be 'prob' or 'logit', got {output!r}")
         if task == "regression" and output == "prob":
-            raise ValueError("output='prob' takes a softmax over the outputs, which for regression are separate "
+            raise InputError("output='prob' takes a softmax over the outputs, which for regression are separate "
                              "targets (e.g. Omega_m and sigma_8), not classes: use output='logit'")
         self.task = task
         self.n_masks, self.p, self.output, self.seed = int(n_masks), float(p), output, int(seed)
@@ -99,7 +100,7 @@ class RISE(AttributionMethod):
     @torch.no_grad()
     def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if kwargs:
-            raise TypeError(f"RISE.attribute got unexpected arguments {sorted(kwargs)}")
+            raise InputTypeError(f"RISE.attribute got unexpected arguments {sorted(kwargs)}")
         g = torch.Generator().manual_seed(self.seed)
         n, B = self.n_masks, self.adapter.batch_size(inputs)
         if self.adapter.cell_grid is None:  # tokens

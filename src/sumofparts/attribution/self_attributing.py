@@ -24,8 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..backbones.base import BackboneAdapter, Inputs
+from ..backbones.registry import register_backbone
+from ..errors import CheckpointError, InputError, InputTypeError
 from ..io import load_tensors, save_tensors
 from ..metrics.ranking import tie_keys
+from ..validation import Field
 from .base import AttributionMethod, GroupedResult, Target, top_tau_cells
 
 __all__ = ["SOPMethod", "FRESH", "FConversion", "BagNetModel", "BagNetMethod"]
@@ -33,7 +36,7 @@ __all__ = ["SOPMethod", "FRESH", "FConversion", "BagNetModel", "BagNetMethod"]
 
 def _check_tau(tau: float) -> float:
     if not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        raise InputError(f"tau must be in (0, 1], got {tau!r}")
     return float(tau)
 
 
@@ -120,9 +123,9 @@ class FConversion(_OneGroupMethod):
 
     def __init__(self, method: AttributionMethod, *, tau: float = 0.2, tie_seed: int | None = 0):
         if not isinstance(method, AttributionMethod):
-            raise TypeError(f"FConversion wraps an AttributionMethod, got {type(method).__name__}")
+            raise InputTypeError(f"FConversion wraps an AttributionMethod, got {type(method).__name__}")
         if method.grouped:
-            raise ValueError(f"method {method.name!r} is already self-attributing; '-F' applies to post-hoc methods")
+            raise InputError(f"method {method.name!r} is already self-attributing; '-F' applies to post-hoc methods")
         self.families = method.families
         super().__init__(method.adapter, tau=tau, tie_seed=tie_seed)
         self.method = method
@@ -130,6 +133,9 @@ class FConversion(_OneGroupMethod):
 
     def cell_importance(self, inputs: Inputs, target: torch.Tensor) -> torch.Tensor:
         return self.method.attribute_cells(inputs, target)
+
+    def inapplicable_metrics(self) -> dict[str, str]:
+        return self.method.inapplicable_metrics()
 
     @torch.no_grad()
     def predict(self, inputs: Inputs) -> torch.Tensor:
@@ -154,13 +160,13 @@ class SOPMethod(AttributionMethod):
         from ..model import SumOfParts
 
         if not isinstance(model, SumOfParts):
-            raise TypeError(f"the 'sop' method needs model= a SumOfParts, got {type(model).__name__}")
+            raise InputTypeError(f"the 'sop' method needs model= a SumOfParts, got {type(model).__name__}")
         super().__init__(adapter if adapter is not None else model.backbone)
         self.model = model
 
     def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if kwargs:
-            raise TypeError(f"SOPMethod.attribute got unexpected arguments {sorted(kwargs)}")
+            raise InputTypeError(f"SOPMethod.attribute got unexpected arguments {sorted(kwargs)}")
         attr = self.model.explain(inputs, target).attributions
         if isinstance(inputs, torch.Tensor):
             return attr.unsqueeze(1).expand(-1, inputs.shape[1], *attr.shape[1:]).contiguous()
@@ -190,6 +196,12 @@ class SOPMethod(AttributionMethod):
 # -------------------------------------------------------------------------------------------------
 # BagNet
 # -------------------------------------------------------------------------------------------------
+@register_backbone("bagnet", {"in_channels": Field(int, min=1, max=64),
+                              "num_classes": Field(int, min=1, max=100_000),
+                              "image_size": Field(list, item=int, length=2, min=1, max=4096),
+                              "grid": Field(list, item=int, length=2, min=1, max=4096),
+                              "width": Field(int, min=1, max=4096), "depth": Field(int, min=1, max=64),
+                              "seed": Field(int, min=0, max=2**63 - 1, required=False)})
 class BagNetModel(nn.Module):
     """A bag-of-local-features classifier: ``logits(x) = mean over patches of f(patch)``.
 
@@ -213,18 +225,18 @@ class BagNetModel(nn.Module):
                  width: int = 64, depth: int = 2, seed: int = 0):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise InputError(f"depth must be >= 1, got {depth}")
         H, W = (int(v) for v in image_size)
         gh, gw = (int(v) for v in grid)
         if not (1 <= gh <= H and 1 <= gw <= W):
-            raise ValueError(f"grid {grid} must fit in the image {image_size}")
+            raise InputError(f"grid {grid} must fit in the image {image_size}")
         self.init_kwargs = {"in_channels": int(in_channels), "num_classes": int(num_classes),
                             "image_size": [H, W], "grid": [gh, gw], "width": int(width), "depth": int(depth)}
         self.image_size, self.grid = (H, W), (gh, gw)
         self.patch = (math.ceil(H / gh), math.ceil(W / gw))
         self.pad = (gw * self.patch[1] - W, gh * self.patch[0] - H)  # right, bottom
         if (gh - 1) * self.patch[0] >= H or (gw - 1) * self.patch[1] >= W:
-            raise ValueError(f"a {gh}x{gw} grid of {self.patch[0]}x{self.patch[1]} patches leaves a patch "
+            raise InputError(f"a {gh}x{gw} grid of {self.patch[0]}x{self.patch[1]} patches leaves a patch "
                              f"entirely outside the {H}x{W} image; choose another grid")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -241,7 +253,7 @@ class BagNetModel(nn.Module):
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_out, g_h, g_w)``: each patch's own logits."""
         if x.ndim != 4 or tuple(x.shape[2:]) != self.image_size:
-            raise ValueError(f"expected images (B, C, {self.image_size[0]}, {self.image_size[1]}), "
+            raise InputError(f"expected images (B, C, {self.image_size[0]}, {self.image_size[1]}), "
                              f"got shape {tuple(x.shape)}")
         x = nn.functional.pad(x, (0, self.pad[0], 0, self.pad[1]))
         return self.head(self.embed(x))
@@ -287,13 +299,19 @@ class BagNetModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "BagNetModel":
-        from safetensors import safe_open
+        """Rebuild from :meth:`save`'s file: the arguments in its metadata are checked against the
+        registered schema (``bagnet``) before anything is built."""
+        from ..backbones.registry import build_backbone
+        from ..io import tensor_metadata
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("bagnet")
+        meta = tensor_metadata(path).get("bagnet")
         if meta is None:
-            raise ValueError(f"{path} is not a BagNet checkpoint (no 'bagnet' metadata)")
-        model = cls(**json.loads(meta))
+            raise CheckpointError(f"{path} is not a BagNet checkpoint (no 'bagnet' metadata)")
+        try:
+            kwargs = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: the BagNet metadata is not valid JSON ({exc})") from None
+        model = build_backbone("bagnet", kwargs, where=f"{path}: ")
         model.load_state_dict(load_tensors(path))
         return model.eval()
 
@@ -318,22 +336,22 @@ class BagNetMethod(AttributionMethod):
         super().__init__(adapter)
         if model is None:
             if train_data is None:
-                raise ValueError("the 'bagnet' method needs model= a trained BagNetModel, or train_data= to train one")
+                raise InputError("the 'bagnet' method needs model= a trained BagNetModel, or train_data= to train one")
             shape = getattr(adapter, "input_shape", None) or (adapter.channels, *adapter.image_size)
             model = BagNetModel(shape[0], adapter.num_outputs, tuple(shape[1:]), adapter.cell_grid, width=width,
                                 depth=depth, seed=seed)
             model.fit(train_data, steps, seed=seed, progress=progress)
         if not isinstance(model, BagNetModel):
-            raise TypeError(f"model must be a BagNetModel, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a BagNetModel, got {type(model).__name__}")
         if model.init_kwargs["num_classes"] != adapter.num_outputs:
-            raise ValueError(f"the BagNet has {model.init_kwargs['num_classes']} outputs but the backbone has "
+            raise InputError(f"the BagNet has {model.init_kwargs['num_classes']} outputs but the backbone has "
                              f"{adapter.num_outputs}")
         self.model = model.eval()
 
     @torch.no_grad()
     def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if kwargs:
-            raise TypeError(f"BagNetMethod.attribute got unexpected arguments {sorted(kwargs)}")
+            raise InputTypeError(f"BagNetMethod.attribute got unexpected arguments {sorted(kwargs)}")
         m = self.model
         scores = m.patch_scores(inputs, target)  # (B, gh, gw)
         C, (H, W), (ph, pw) = inputs.shape[1], m.image_size, m.patch

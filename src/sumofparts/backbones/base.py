@@ -14,18 +14,29 @@ An adapter wraps a frozen backbone ``h`` and answers four questions for
    inputs going through the backbone in batches of at most ``group_batch_size``.
 4. **Where is the classifier?** ``classifier_weight``: ``(C, D)``.
 
+For layer and neuron attribution it also names the backbone's layers:
+``named_layers()`` (name -> module, in forward order), ``layer(name)`` (an unknown name
+raises :class:`UnknownLayerError` listing the valid ones), ``default_layer()``, and
+``layer_view(name)``, a context in which one module's output is ``(B, K, *positions)``:
+the layer's K units first, then its positions laid out like the cells (an image grid
+``(h, w)``, a token sequence ``(L,)``, or nothing for a layer without positions).
+
 Adding a model family means writing one subclass of :class:`BackboneAdapter`.
 The backbone's parameters are frozen (``requires_grad=False``) and it stays in
 eval mode whatever mode the surrounding module is put in.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "describe"]
+from ..errors import ConfigError, InputError, InputTypeError
+
+__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "LayerView", "UnknownLayerError", "describe",
+           "check_image_batch"]
 
 #: an image tensor (B, C, H, W) or a dict of text tensors {"input_ids": (B, L), "attention_mask": (B, L)}
 Inputs = Any
@@ -60,6 +71,22 @@ class ClassifierInputCapture:
         self._handle.remove()
 
 
+class UnknownLayerError(ConfigError):
+    """A layer name the adapter does not know; the message lists the names it does."""
+
+
+class LayerView(nn.Module):
+    """Identity module: the place where a layer's output is seen as ``(B, K, *positions)``.
+
+    :meth:`BackboneAdapter.layer_view` routes a layer's output through it (reshaped into
+    that layout and back), so that Captum's layer and neuron methods, given this module,
+    attribute to the layer's units at each position.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class BackboneAdapter(nn.Module):
     """Base class of the adapters. Subclasses implement the abstract methods.
 
@@ -75,9 +102,9 @@ class BackboneAdapter(nn.Module):
     def __init__(self, model: nn.Module, classifier: nn.Linear, group_batch_size: int = 256):
         super().__init__()
         if not isinstance(classifier, nn.Linear):
-            raise TypeError(f"the classifier must be an nn.Linear, got {type(classifier).__name__}")
-        if group_batch_size < 1:
-            raise ValueError(f"group_batch_size must be >= 1, got {group_batch_size}")
+            raise InputTypeError(f"the classifier must be an nn.Linear, got {type(classifier).__name__}")
+        if isinstance(group_batch_size, bool) or not isinstance(group_batch_size, int) or group_batch_size < 1:
+            raise ConfigError(f"group_batch_size must be an integer >= 1, got {group_batch_size!r}")
         self.model = model
         self.classifier = classifier
         self.group_batch_size = int(group_batch_size)
@@ -98,6 +125,17 @@ class BackboneAdapter(nn.Module):
     def num_cells(self, inputs: Inputs) -> int:
         raise NotImplementedError
 
+    @property
+    def max_cells(self) -> int | None:
+        """The largest number of cells an input can have (``None``: no bound known).
+
+        Images: the cell grid's size; sequences: the position table's length. SumOfParts
+        checks ``num_groups`` against it when it is built.
+        """
+        if self.cell_grid is not None:
+            return int(self.cell_grid[0] * self.cell_grid[1])
+        return None
+
     def valid_cells(self, inputs: Inputs) -> torch.Tensor:
         """``(B, N)`` bool: cells that may be part of a group. All of them by default."""
         return torch.ones(self.batch_size(inputs), self.num_cells(inputs), dtype=torch.bool,
@@ -107,7 +145,7 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def validate(self, inputs: Inputs) -> None:
-        """Raise ``ValueError``/``TypeError`` naming what was expected and what came."""
+        """Raise :class:`~sumofparts.errors.InputError` naming what was expected and what came."""
         raise NotImplementedError
 
     def to_device(self, inputs: Inputs, device: torch.device | str) -> Inputs:
@@ -144,6 +182,11 @@ class BackboneAdapter(nn.Module):
     def device(self) -> torch.device:
         return self.classifier.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's floating-point dtype (its classifier's): inputs must come in it."""
+        return self.classifier.weight.dtype
+
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """The plain backbone: logits ``(B, C)``."""
         logits, _ = self.forward_with_embedding(inputs)
@@ -173,27 +216,57 @@ class BackboneAdapter(nn.Module):
         same outputs as to :meth:`mask_inputs`'s. Default: :meth:`mask_inputs` (images, features)."""
         return self.mask_inputs(inputs, masks)
 
-    def forward_groups(self, inputs: Inputs, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    #: the ways this family can show the backbone a group of cells: ``"zero"`` (the other cells
+    #: set to the baseline: zeroed pixels, [MASK] tokens) and, where the family allows it,
+    #: ``"drop"`` (the other cells removed from the input, e.g. ViT patch tokens).
+    masking_modes: tuple[str, ...] = ("zero",)
+
+    @property
+    def masking_mode(self) -> str:
+        """The mode :meth:`forward_groups` uses unless told otherwise."""
+        return self.masking_modes[0]
+
+    def check_masking_mode(self, mode: str | None) -> str:
+        """``mode`` (``None``: the default) checked against :attr:`masking_modes`."""
+        if mode is None:
+            return self.masking_mode
+        if mode not in self.masking_modes:
+            raise ConfigError(f"masking mode {mode!r} is not available for this backbone; expected one of "
+                             f"{', '.join(self.masking_modes)}")
+        return mode
+
+    def forward_groups(self, inputs: Inputs, masks: torch.Tensor, *,
+                       mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone on every group: ``masks (B, G, N)`` bool -> logits ``(B, G, C)``, z ``(B, G, D)``.
 
         The B·G masked inputs are built and evaluated in chunks of at most
-        ``group_batch_size`` (never a Python loop over groups).
+        ``group_batch_size`` (never a Python loop over groups). ``mode``: one of
+        :attr:`masking_modes` (``None``: :attr:`masking_mode`).
         """
+        mode = self.check_masking_mode(mode)
         B, G, _ = masks.shape
         per_chunk = max(1, self.group_batch_size // G)  # whole examples per chunk
         logits, embeds = [], []
         for start in range(0, B, per_chunk):
             idx = slice(start, min(B, start + per_chunk))
             sub = self.select(inputs, idx)
-            y, z = self._forward_masked(sub, masks[idx])
+            y, z = self._forward_masked(sub, masks[idx], mode)
             logits.append(y)
             embeds.append(z)
         y = torch.cat(logits).reshape(B, G, -1)
         z = torch.cat(embeds).reshape(B, G, -1)
         return y, z
 
-    def _forward_masked(self, inputs: Inputs, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_masked(self, inputs: Inputs, masks: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of :meth:`forward_groups` in a mode of :attr:`masking_modes` (the base class: ``"zero"``)."""
         return self.forward_with_embedding(self.mask_inputs(inputs, masks))
+
+    # -- layers of the generator's copy (concepts, model comparison) -------------------------
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The layers of the generator's trainable encoder copy (from :meth:`make_encoder`) that
+        correspond to :meth:`named_layers`, under the same names: the layers the copy holds and
+        runs. Empty when the encoder is not a copy of the backbone (tabular)."""
+        return {}
 
     # -- resolution ----------------------------------------------------------------------------
     def masks_to_input(self, masks: torch.Tensor, inputs: Inputs | None = None) -> torch.Tensor:
@@ -221,16 +294,116 @@ class BackboneAdapter(nn.Module):
         ids = self.cell_index_map(inputs)
         B = attributions.shape[0]
         if tuple(attributions.shape[1:]) != tuple(ids.shape):
-            raise ValueError(f"expected attributions of shape (B, {', '.join(map(str, ids.shape))}), "
+            raise InputError(f"expected attributions of shape (B, {', '.join(map(str, ids.shape))}), "
                              f"got {tuple(attributions.shape)}")
         N = self.num_cells(inputs)
         flat = attributions.reshape(B, -1).to(torch.float32)
         out = torch.zeros(B, N, dtype=flat.dtype, device=flat.device)
         return out.scatter_add_(1, ids.reshape(1, -1).expand(B, -1).to(flat.device), flat)
 
+    # -- layers: layer and neuron attribution ---------------------------------------------------
+    #: inputs are token ids: gradient methods differentiate with respect to the word embeddings
+    token_inputs: bool = False
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        """The backbone's layers a user may name, input side first: ``{dotted name: module}``.
+
+        Names are those of ``self.model.named_modules()``. Default (CNN, tabular): every leaf
+        module but the classifier (its output is the logits) and dropout, in registration order;
+        the transformer adapters list their embeddings and blocks instead.
+        """
+        out: dict[str, nn.Module] = {}
+        for name, module in self.model.named_modules():
+            if (name and next(module.children(), None) is None and module is not self.classifier
+                    and not isinstance(module, nn.Dropout)):
+                out[name] = module
+        return out
+
+    def _names_of(self, modules: list[nn.Module | None]) -> dict[str, nn.Module]:
+        """``{dotted name in self.model: module}`` for modules of the backbone (by identity)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return {names[id(m)]: m for m in modules if m is not None}
+
+    def layer(self, name: str) -> nn.Module:
+        """The module called ``name``; an unknown name raises :class:`UnknownLayerError` listing the valid ones."""
+        layers = self.named_layers()
+        if not isinstance(name, str) or name not in layers:
+            raise UnknownLayerError(f"unknown layer {name!r} for this {self.family} backbone; expected one of: "
+                                    f"{', '.join(layers)}")
+        return layers[name]
+
+    def default_layer(self) -> str:
+        """The layer that layer methods and Grad-CAM use when none is named."""
+        raise UnknownLayerError(f"the {self.family} adapter has no default layer: name one of "
+                                f"{', '.join(self.named_layers())}")
+
+    def layer_entering(self, index: int) -> str:
+        """The layer whose output enters encoder block ``index`` (transformer backbones)."""
+        raise NotImplementedError(f"the {self.family} backbone has no encoder blocks to index; name a layer "
+                                  f"instead (one of {', '.join(self.named_layers())})")
+
+    def layer_positions(self, name: str) -> int:
+        """How many position axes the layer's view has that lie on the input's cell layout:
+        2 (an image grid), 1 (a token sequence) or 0 (none: e.g. a fully connected layer)."""
+        raise NotImplementedError(f"the {self.family} adapter does not say where its layers' units lie "
+                                  "(implement layer_positions)")
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """A layer's output -> ``(B, K, *positions)`` (see :meth:`layer_view`). Default: unchanged."""
+        return output
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`layer_grid`: the layer's output rebuilt from ``grid``."""
+        return grid
+
+    @contextlib.contextmanager
+    def layer_view(self, name: str) -> Iterator[nn.Module]:
+        """A module whose output is layer ``name``'s output as ``(B, K, *positions)``.
+
+        Default: the layer module itself (its output already has that layout). Adapters
+        whose layers output something else (tokens ``(B, T, D)``) yield a :class:`LayerView`
+        through which a forward hook on the layer routes ``layer_grid(output)``, putting
+        ``layer_from_grid`` of the view's (possibly replaced) output back in its place; the
+        hook is removed on exit.
+        """
+        yield self.layer(name)
+
+    @contextlib.contextmanager
+    def _hooked_view(self, name: str) -> Iterator[nn.Module]:
+        module = self.layer(name)
+        view = LayerView()
+
+        def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (self.layer_from_grid(view(self.layer_grid(output[0])), output[0]), *output[1:])
+            return self.layer_from_grid(view(self.layer_grid(output)), output)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            yield view
+        finally:
+            handle.remove()
+
     # -- (de)serialisation -----------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        """A JSON description from which :func:`sumofparts.backbones.adapter_from_spec` rebuilds it."""
+        """A JSON description from which :meth:`from_spec` rebuilds it."""
+        raise NotImplementedError
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` without what changes no computation (version metadata), in the current layout:
+        two specs that build the same backbone compare equal (used to compare a resumed run's)."""
+        return dict(spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *,
+                  where: str = "") -> "BackboneAdapter":
+        """Rebuild the adapter from :meth:`spec` (weights are loaded separately).
+
+        ``model``: the backbone to wrap; ``None`` builds an untrained one, but only what
+        :mod:`sumofparts.backbones.registry` allows. Every spec entry is checked against the
+        adapter's declared table first. ``where`` prefixes messages (the file).
+        """
         raise NotImplementedError
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
@@ -250,23 +423,92 @@ def upsample_nearest(masks: torch.Tensor, grid: tuple[int, int], size: tuple[int
     B, G, N = masks.shape
     h, w = grid
     if N != h * w:
-        raise ValueError(f"masks have {N} cells but the grid {h}x{w} has {h * w}")
+        raise InputError(f"masks have {N} cells but the grid {h}x{w} has {h * w}")
     m = masks.reshape(B * G, 1, h, w).float()
     up = nn.functional.interpolate(m, size=size, mode="nearest")
     return up.reshape(B, G, *size) > 0.5
 
 
-def check_image_batch(x: Any, channels: int, size: tuple[int, int]) -> None:
+def check_image_batch(x: Any, channels: int, size: tuple[int, int], dtype: torch.dtype | None = None) -> None:
+    """Check an image batch ``(B, channels, H, W)``: type, shape, non-empty, dtype, finite values.
+
+    ``dtype``: the backbone's floating-point dtype; another floating dtype (float16,
+    bfloat16, float64 for a float32 backbone) is refused rather than cast silently, with a
+    message saying how to convert it.
+    """
+    expected = f"(B, {channels}, {size[0]}, {size[1]})"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected an image tensor of shape (B, {channels}, {size[0]}, {size[1]}), got {describe(x)}")
+        raise InputTypeError(f"expected an image tensor of shape {expected}, got {describe(x)}")
     if x.ndim != 4 or x.shape[1] != channels or tuple(x.shape[2:]) != tuple(size):
-        raise ValueError(
-            f"expected an image batch of shape (B, {channels}, {size[0]}, {size[1]}), got {describe(x)}"
+        raise InputError(
+            f"expected an image batch of shape {expected}, got {describe(x)}"
             + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else "")
         )
+    if x.shape[0] == 0:
+        raise InputError(f"expected at least one image, got an empty batch: {describe(x)}")
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+        raise InputTypeError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(f"expected images of the backbone's dtype {dtype}, got dtype {x.dtype}; "
+                         f"convert them first, e.g. x.to({dtype})")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
+        raise InputError(f"the input contains {bad} NaN or infinite values; expected finite numbers")
 
+
+
+class EncoderLayers:
+    """Layers of a transformer backbone (mixed into the ViT and BERT adapters).
+
+    The embedding module and every encoder block (and :meth:`final_token_layers`, e.g. a ViT's
+    final LayerNorm) output tokens ``(B, T, D)``, seen as ``(D, *positions)`` through a hook
+    (:meth:`layer_grid`); :meth:`pooled_layers` (e.g. BERT's pooler, ``(B, D)``) have no
+    positions. Names are the model's own dotted names. The default layer is the one whose output
+    *enters* the last block: after the last block only the CLS token reaches a ViT's classifier,
+    so a layer method there would give every patch 0.
+    """
+
+    #: position axes of a token layer's view: 2 (a patch grid) or 1 (a token sequence)
+    token_positions: int = 1
+
+    def embedding_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def final_token_layers(self) -> list[nn.Module]:
+        return []
+
+    def pooled_layers(self) -> list[nn.Module]:
+        return []
+
+    def _token_layers(self) -> dict[str, nn.Module]:
+        return self._names_of([self.embedding_module(), *self.encoder_blocks(), *self.final_token_layers()])
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        return {**self._token_layers(), **self._names_of(self.pooled_layers())}
+
+    def layer_entering(self, index: int) -> str:
+        blocks = list(self.encoder_blocks())
+        n = len(blocks)
+        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+            raise InputError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
+        i = index % n
+        module = self.embedding_module() if i == 0 else blocks[i - 1]
+        return next(iter(self._names_of([module])))
+
+    def default_layer(self) -> str:
+        return self.layer_entering(-1)
+
+    def layer_positions(self, name: str) -> int:
+        self.layer(name)
+        return self.token_positions if name in self._token_layers() else 0
+
+    @contextlib.contextmanager
+    def layer_view(self, name: str) -> Iterator[nn.Module]:
+        if name in self._token_layers():
+            with self._hooked_view(name) as view:
+                yield view
+        else:
+            yield self.layer(name)

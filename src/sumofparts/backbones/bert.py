@@ -7,9 +7,61 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, describe
+from ..errors import ConfigError, InputError, InputTypeError
+from ..validation import Field, check_fields, check_value
+from .base import BackboneAdapter, EncoderLayers, describe
+from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, build_hf_model, encoder_parameters
 
-__all__ = ["BertAdapter"]
+__all__ = ["BertAdapter", "BERT_SPEC_FIELDS", "BERT_MODELS"]
+
+
+def _load_bert() -> tuple[type, type]:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification, BertConfig
+
+
+def _bert_check(cfg: dict[str, Any]) -> str | None:
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        return (f"hidden_size ({cfg['hidden_size']}) must be a multiple of num_attention_heads "
+                f"({cfg['num_attention_heads']})")
+    pad = cfg.get("pad_token_id")
+    if pad is not None and pad >= cfg["vocab_size"]:
+        return f"pad_token_id ({pad}) must be below vocab_size ({cfg['vocab_size']})"
+    return None
+
+
+def _bert_parameters(cfg: dict[str, Any]) -> int:
+    h = cfg["hidden_size"]
+    labels = len(cfg["id2label"])
+    embeddings = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"]) * h + 2 * h
+    return embeddings + encoder_parameters(cfg) + h * h + h + (h + 1) * labels
+
+
+#: the Hugging Face text classifiers this adapter builds from a checkpoint, and their config tables
+BERT_MODELS: dict[str, HFModelSchema] = {
+    "BertForSequenceClassification": HFModelSchema(
+        class_name="BertForSequenceClassification", model_type="bert",
+        fields={**HF_ENCODER_FIELDS,
+                "vocab_size": Field(int, min=1, max=2_000_000),
+                "max_position_embeddings": Field(int, min=1, max=131_072),
+                "type_vocab_size": Field(int, min=1, max=1024),
+                "pad_token_id": Field(int, min=0, max=2_000_000, optional=True, required=False),
+                "classifier_dropout": Field(float, min=0, max=1, optional=True, required=False),
+                "position_embedding_type": Field(str, choices=("absolute",), required=False)},
+        load=_load_bert, check=_bert_check, parameters=_bert_parameters),
+}
+
+#: the entries of a BERT adapter's spec
+BERT_SPEC_FIELDS: dict[str, Field] = {
+    "family": Field(str, choices=("bert",)),
+    "model_class": Field(str),
+    "hf_config": Field(dict),
+    "special_token_ids": Field(list, item=int, min=0, max=2_000_000, max_length=100_000),
+    "mask_token_id": Field(int, min=0, max=2_000_000),
+    "generator_layer": Field(int, min=-1024, max=-1),
+    "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
+}
 
 # BERT's WordPiece vocabularies: [PAD]=0, [CLS]=101, [SEP]=102, [MASK]=103
 _BERT_SPECIAL = (0, 101, 102, 103)
@@ -31,7 +83,7 @@ class _TokenEncoder(nn.Module):
         return out.hidden_states[self.generator_layer]
 
 
-class BertAdapter(BackboneAdapter):
+class BertAdapter(EncoderLayers, BackboneAdapter):
     """A BERT-family ``*ForSequenceClassification`` model as an SOP backbone.
 
     Inputs are dicts ``{"input_ids": (B, L), "attention_mask": (B, L)}`` (``token_type_ids``
@@ -39,6 +91,10 @@ class BertAdapter(BackboneAdapter):
     part of a group (``valid_cells``). A group keeps its tokens; every other real token
     is replaced by a fixed embedding (the ``[MASK]`` token's word embedding) while the
     special tokens stay and padding stays out of attention.
+
+    Layers (layer and neuron attribution): ``bert.embeddings``, ``bert.encoder.layer.0`` ...
+    (the model's own names), each seen as ``(B, D, L)``: D units at each of the L token positions
+    (the cells); and the pooler, ``(B, D)``, without positions.
 
     Args:
         model: e.g. ``BertForSequenceClassification`` (anything with ``base_model``,
@@ -50,6 +106,7 @@ class BertAdapter(BackboneAdapter):
     """
 
     family = "bert"
+    token_inputs = True
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, special_token_ids: Iterable[int] | None = None,
                  mask_token_id: int | None = None, generator_layer: int = -2, group_batch_size: int = 256):
@@ -57,7 +114,7 @@ class BertAdapter(BackboneAdapter):
         if classifier is not None and not isinstance(classifier, nn.Linear):
             classifier = getattr(classifier, "out_proj", None)
         if not isinstance(classifier, nn.Linear) or not hasattr(model, "base_model"):
-            raise TypeError("BertAdapter expects a transformers *ForSequenceClassification model with a linear "
+            raise InputTypeError("BertAdapter expects a transformers *ForSequenceClassification model with a linear "
                             f"classifier, got {type(model).__name__}")
         super().__init__(model, classifier, group_batch_size)
         if tokenizer is not None:
@@ -66,19 +123,25 @@ class BertAdapter(BackboneAdapter):
         else:
             special, mask_id = set(_BERT_SPECIAL), _BERT_MASK
         if special_token_ids is not None:
-            special = set(int(i) for i in special_token_ids)
+            special = set(check_value("special_token_ids", special_token_ids, Field(list, item=int, min=0)))
         if mask_token_id is not None:
-            mask_id = int(mask_token_id)
+            mask_id = check_value("mask_token_id", mask_token_id, Field(int, min=0))
         if mask_id is None:
-            raise ValueError("no mask token: pass mask_token_id= (the id whose embedding replaces masked tokens)")
+            raise ConfigError("no mask token: pass mask_token_id= (the id whose embedding replaces masked tokens)")
         self.special_token_ids = sorted(special)
         self.mask_token_id = int(mask_id)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"mask_token_id must be in [0, {self.vocab_size}), got {self.mask_token_id}")
+            raise ConfigError(f"mask_token_id must be in [0, {self.vocab_size}), got {self.mask_token_id}")
+        outside = [i for i in self.special_token_ids if not 0 <= i < self.vocab_size]
+        if outside:
+            raise ConfigError(f"special_token_ids must lie in [0, {self.vocab_size}), got {outside[:5]}")
         n_layers = int(model.config.num_hidden_layers)
-        if not (-n_layers - 1 <= generator_layer < 0):
-            raise ValueError(f"generator_layer must be in [-{n_layers + 1}, -1], got {generator_layer}")
+        if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
+                not (-n_layers - 1 <= generator_layer < 0):
+            raise ConfigError(f"generator_layer must be in [-{n_layers + 1}, -1], got {generator_layer}")
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0)) or None
+        self.type_vocab_size = int(getattr(model.config, "type_vocab_size", 0)) or None
         self.generator_layer = int(generator_layer)
         self.encoder_dim = int(model.config.hidden_size)
         self.register_buffer("_special", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False)
@@ -96,30 +159,60 @@ class BertAdapter(BackboneAdapter):
         special = torch.isin(ids, self._special.to(ids.device))
         return real & ~special
 
+    @property
+    def max_cells(self) -> int | None:
+        """The position table's length: no input has more tokens (cells)."""
+        return self.max_positions
+
     def validate(self, inputs: Any) -> None:
         if not isinstance(inputs, dict) or "input_ids" not in inputs:
-            raise TypeError("expected a dict with 'input_ids' (B, L) and 'attention_mask' (B, L) int64 tensors, "
-                            f"got {describe(inputs)}")
-        ids = inputs["input_ids"]
-        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"expected input_ids as an int64 tensor of shape (B, L), got {describe(ids)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-        for key in ("attention_mask", "token_type_ids"):
-            if key in inputs and tuple(inputs[key].shape) != tuple(ids.shape):
-                raise ValueError(f"expected {key} of shape {tuple(ids.shape)} like input_ids, got "
-                                 f"{describe(inputs[key])}")
+            raise InputTypeError("expected a dict with 'input_ids' (B, L) and 'attention_mask' (B, L) int64 "
+                                 f"tensors, got {describe(inputs)}")
         unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
-            raise ValueError(f"unexpected input keys {sorted(unknown)}; expected input_ids, attention_mask, "
-                             "token_type_ids")
+            raise InputError(f"unexpected input keys {sorted(map(str, unknown))}; expected input_ids, "
+                             "attention_mask, token_type_ids")
+        ids = inputs["input_ids"]
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"expected input_ids as an int64 tensor of shape (B, L), got {describe(ids)}")
+        B, L = ids.shape
+        if B == 0 or L == 0:
+            raise InputError(f"expected at least one sequence of at least one token, got input_ids of shape "
+                             f"{tuple(ids.shape)}")
+        if self.max_positions is not None and L > self.max_positions:
+            raise InputError(f"sequences of {L} tokens are longer than the model's position table "
+                             f"({self.max_positions} positions); truncate them to at most {self.max_positions}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise InputError(f"input_ids must lie in [0, {self.vocab_size}), got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        for key in ("attention_mask", "token_type_ids"):
+            if key not in inputs:
+                continue
+            t = inputs[key]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ids.shape):
+                raise InputError(f"expected {key} of shape {tuple(ids.shape)} like input_ids, got {describe(t)}")
+            if t.is_floating_point() or t.is_complex():
+                raise InputError(f"expected {key} as an integer tensor, got dtype {t.dtype}")
+        mask = inputs.get("attention_mask")
+        if mask is not None and not bool(((mask == 0) | (mask == 1)).all()):
+            raise InputError("attention_mask must hold only 0 (padding) and 1 (token)")
+        types = inputs.get("token_type_ids")
+        if types is not None and self.type_vocab_size is not None and (
+                int(types.min()) < 0 or int(types.max()) >= self.type_vocab_size):
+            raise InputError(f"token_type_ids must lie in [0, {self.type_vocab_size}), got values in "
+                             f"[{int(types.min())}, {int(types.max())}]")
         if not bool(self.valid_cells(inputs).any(-1).all()):
-            raise ValueError("an input has no groupable token (only special tokens and padding)")
+            raise InputError("an input has no groupable token (only special tokens and padding)")
 
     # generator
     def make_encoder(self) -> nn.Module:
         return _TokenEncoder(self.model.base_model, self.generator_layer)
+
+    # layers of the generator's copy
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy is the whole transformer body: every layer, under the backbone's names."""
+        prefix = self.model.base_model_prefix + "."
+        return {name: encoder.base.get_submodule(name[len(prefix):]) for name in self.named_layers()}
 
     # backbone
     def mask_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,6 +242,31 @@ class BertAdapter(BackboneAdapter):
                 out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
 
+    # layers
+    def embedding_module(self) -> nn.Module:
+        return self.model.base_model.embeddings
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        encoder = self.model.base_model.encoder
+        blocks = getattr(encoder, "layer", None)
+        if blocks is None:
+            blocks = getattr(encoder, "layers", None)
+        if blocks is None:
+            raise NotImplementedError(f"cannot find the encoder blocks of a {type(self.model).__name__}")
+        return blocks
+
+    def pooled_layers(self) -> list[nn.Module]:
+        return [getattr(self.model.base_model, "pooler", None)]
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, L, D)`` -> ``(B, D, L)``."""
+        if not isinstance(output, torch.Tensor) or output.ndim != 3:
+            raise InputError(f"expected a layer output of shape (B, L, D), got {describe(output)}")
+        return output.transpose(1, 2)
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return grid.transpose(1, 2)
+
     def spec(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -159,3 +277,17 @@ class BertAdapter(BackboneAdapter):
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,
         }
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**spec, "hf_config": without_inert_keys(spec.get("hf_config"))}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "BertAdapter":
+        """Rebuild from :meth:`spec`: an allow-listed class (:data:`BERT_MODELS`) from its checked
+        config, or ``model``."""
+        s = check_fields(spec, BERT_SPEC_FIELDS, where=f"{where}backbone.", require=True)
+        if model is None:
+            model = build_hf_model(s["model_class"], s["hf_config"], BERT_MODELS, where=where)
+        return cls(model, special_token_ids=s["special_token_ids"], mask_token_id=s["mask_token_id"],
+                   generator_layer=s["generator_layer"], group_batch_size=s["group_batch_size"])

@@ -2,15 +2,37 @@
 from __future__ import annotations
 
 import copy
-import importlib
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError, InputError, InputTypeError, UnsafeCheckpointError
+from ..validation import Field, check_fields, check_value
 from .base import BackboneAdapter, check_image_batch, describe, upsample_nearest
+from .registry import LEGACY_FACTORIES, build_backbone, pass_backbone_hint, registered_name
 
-__all__ = ["CNNAdapter"]
+__all__ = ["CNNAdapter", "CNN_SPEC_FIELDS"]
+
+
+def _input_size(shape: list[int]) -> str | None:
+    c, h, w = shape
+    return None if c * h * w <= 2**22 else "hold at most 2**22 values (C*H*W)"
+
+
+#: the entries of a CNN adapter's spec, checked before anything is built
+CNN_SPEC_FIELDS: dict[str, Field] = {
+    "family": Field(str, choices=("cnn",)),
+    "architecture": Field(str, optional=True, doc="registered name of the CNN class (None: not registered)"),
+    "architecture_kwargs": Field(dict, doc="its constructor arguments, checked against its schema"),
+    "class_name": Field(str, required=False, default=None, optional=True,
+                        doc="module.Class of the model, for messages only (never imported)"),
+    "feature_layer": Field(str),
+    "classifier": Field(str),
+    "grid": Field(list, item=int, length=2, min=1, max=4096),
+    "input_shape": Field(list, item=int, length=3, min=1, max=4096, check=_input_size),
+    "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
+}
 
 
 class _StopForward(Exception):
@@ -67,6 +89,10 @@ class CNNAdapter(BackboneAdapter):
         input_shape: ``(channels, H, W)``; ``None``: read from ``model.input_shape`` if
             the model has it, else required.
         group_batch_size: largest number of masked images per backbone call.
+
+    Layers (layer and neuron attribution): every leaf module of the CNN but the classifier and
+    dropout (and the feature layer), under its own dotted name; a layer's output ``(B, K, h, w)`` is its view as it is (K channels on an
+    ``h×w`` grid), a ``(B, K)`` output has no positions. The default layer is ``feature_layer``.
     """
 
     family = "cnn"
@@ -74,23 +100,27 @@ class CNNAdapter(BackboneAdapter):
     def __init__(self, model: nn.Module, *, feature_layer: str, classifier: str | None = None,
                  grid: tuple[int, int] | None = None, input_shape: tuple[int, int, int] | None = None,
                  group_batch_size: int = 256):
+        if not isinstance(model, nn.Module):
+            raise InputTypeError(f"CNNAdapter expects an nn.Module, got {type(model).__name__}")
         modules = dict(model.named_modules())
         if feature_layer not in modules:
-            raise ValueError(f"feature_layer {feature_layer!r} is not a module of the model; expected one of "
-                             f"{', '.join(n for n in modules if n)}")
+            raise ConfigError(f"feature_layer {feature_layer!r} is not a module of the model; expected one of "
+                              f"{', '.join(n for n in modules if n)}")
         if classifier is None:
             linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError("the model has no nn.Linear layer to use as the classifier")
+                raise ConfigError("the model has no nn.Linear layer to use as the classifier")
             classifier = linears[-1]
         if classifier not in modules or not isinstance(modules[classifier], nn.Linear):
-            raise ValueError(f"classifier {classifier!r} must name an nn.Linear of the model")
+            raise ConfigError(f"classifier {classifier!r} must name an nn.Linear of the model")
         super().__init__(model, modules[classifier], group_batch_size)
         if input_shape is None:
             input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
-            raise ValueError("input_shape (channels, H, W) is required: the model has no .input_shape attribute")
-        self.input_shape = tuple(int(v) for v in input_shape)
+            raise ConfigError("input_shape (channels, H, W) is required: the model has no .input_shape attribute")
+        self.input_shape = tuple(check_value("input_shape", input_shape, Field(list, item=int, length=3, min=1)))
+        if grid is not None:
+            grid = tuple(check_value("grid", grid, Field(list, item=int, length=2, min=1)))
         self.feature_layer = feature_layer
         self.classifier_name = classifier
         # probe the feature map once to learn its size and depth
@@ -105,7 +135,7 @@ class CNNAdapter(BackboneAdapter):
         fmap = probe._out
         del probe
         if fmap is None or fmap.ndim != 4:
-            raise ValueError(f"feature_layer {feature_layer!r} must output (B, D, h, w), got {describe(fmap)}")
+            raise ConfigError(f"feature_layer {feature_layer!r} must output (B, D, h, w), got {describe(fmap)}")
         self.feature_shape = tuple(fmap.shape[1:])
         self.cell_grid = tuple(int(v) for v in (grid or fmap.shape[-2:]))
         self.encoder_dim = int(fmap.shape[1])
@@ -117,7 +147,7 @@ class CNNAdapter(BackboneAdapter):
         return int(inputs.shape[0])
 
     def validate(self, inputs: Any) -> None:
-        check_image_batch(inputs, self.input_shape[0], self.input_shape[1:])
+        check_image_batch(inputs, self.input_shape[0], self.input_shape[1:], self.dtype)
 
     def make_encoder(self) -> nn.Module:
         enc = _CNNCellEncoder(self.model, self.feature_layer, self.cell_grid)
@@ -133,13 +163,63 @@ class CNNAdapter(BackboneAdapter):
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.input_shape[1:])
 
+    # layers
+    def named_layers(self) -> dict[str, nn.Module]:
+        """Every leaf module but the classifier and dropout (see the base class), and the feature
+        layer even where it is a container."""
+        layers = super().named_layers()
+        if self.feature_layer not in layers:
+            layers = {self.feature_layer: dict(self.model.named_modules())[self.feature_layer], **layers}
+        return layers
+
+    def default_layer(self) -> str:
+        """The feature layer (the one whose output gives the generator's cells)."""
+        return self.feature_layer
+
+    def layer_positions(self, name: str) -> int:
+        """2 for a layer that outputs ``(B, K, h, w)``, 0 for ``(B, K)``: read from one forward
+        pass of a zero image (the result is kept per layer name)."""
+        module = self.layer(name)
+        cache = self.__dict__.setdefault("_layer_positions", {})
+        if name not in cache:
+            seen: list[Any] = []
+            handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+            try:
+                with torch.no_grad():
+                    self.model(torch.zeros(1, *self.input_shape, device=self.device))
+            finally:
+                handle.remove()
+                self._capture.value = None  # the classifier hook fired outside forward_with_embedding
+            out = seen[0] if seen else None
+            out = out[0] if isinstance(out, tuple) else out
+            if not isinstance(out, torch.Tensor):
+                raise InputError(f"layer {name!r} produced no tensor in a forward pass of the CNN")
+            cache[name] = 2 if out.ndim == 4 else 0
+        return cache[name]
+
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's layers up to the feature layer (the copy stops there), same names, in the
+        model's registration order."""
+        copies = dict(encoder.net.named_modules())
+        layers = self.named_layers()
+        order = [n for n, _ in self.model.named_modules() if n in layers]
+        inside = [i for i, n in enumerate(order) if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
+        return {name: copies[name] for name in order[: (inside[-1] + 1) if inside else 0]}
+
     def spec(self) -> dict[str, Any]:
+        """The adapter's settings and the CNN's *registered name* and constructor arguments.
+
+        A CNN class that is not registered (:func:`~sumofparts.backbones.register_backbone`)
+        is written with ``architecture: null``: loading such a checkpoint needs the model
+        itself (``backbone=``). ``class_name`` is for messages only and is never imported.
+        """
         cls = type(self.model)
         init_kwargs = getattr(self.model, "init_kwargs", None)
         return {
             "family": self.family,
-            "factory": f"{cls.__module__}:{cls.__qualname__}",
-            "factory_kwargs": dict(init_kwargs) if init_kwargs is not None else {},
+            "architecture": registered_name(self.model),
+            "architecture_kwargs": dict(init_kwargs) if init_kwargs is not None else {},
+            "class_name": f"{cls.__module__}.{cls.__qualname__}",
             "feature_layer": self.feature_layer,
             "classifier": self.classifier_name,
             "grid": list(self.cell_grid),
@@ -147,21 +227,47 @@ class CNNAdapter(BackboneAdapter):
             "group_batch_size": self.group_batch_size,
         }
 
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """The 0.1 layout (``factory``) in the current one, for comparisons."""
+        return _upgrade_legacy_spec(spec, True, "")
 
-def build_cnn_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Instantiate ``module:QualName(**kwargs)``; only ``nn.Module`` subclasses are accepted."""
-    if ":" not in factory:
-        raise ValueError(f"factory must look like 'package.module:ClassName', got {factory!r}")
-    mod_name, qual = factory.split(":", 1)
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {mod_name!r} to rebuild the CNN backbone ({exc}); "
-                         "pass the model with backbone=... instead") from exc
-    for part in qual.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ValueError(f"{factory!r} names nothing importable; pass the model with backbone=... instead")
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ValueError(f"{factory!r} is not an nn.Module class; refusing to call it")
-    return obj(**kwargs)
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "CNNAdapter":
+        """Rebuild from :meth:`spec`: the registered CNN class (checked arguments) or ``model``.
+
+        Checkpoints of sumofparts 0.1 name the class as ``factory: "module:Class"``; the
+        project's own classes are mapped to their registered names
+        (:data:`~sumofparts.backbones.registry.LEGACY_FACTORIES`) without importing
+        anything; any other factory string is refused unless ``model`` is given.
+        """
+        spec = _upgrade_legacy_spec(spec, model is not None, where)
+        s = check_fields(spec, CNN_SPEC_FIELDS, where=f"{where}backbone.", require=True)
+        if model is None:
+            if s["architecture"] is None:
+                raise UnsafeCheckpointError(
+                    f"{where}the CNN class {s.get('class_name')!r} is not a registered backbone, so it cannot be "
+                    "rebuilt from the checkpoint. " + pass_backbone_hint("the CNN")
+                    + " (or register its class with sumofparts.backbones.register_backbone)")
+            model = build_backbone(s["architecture"], s["architecture_kwargs"], where=where)
+        return cls(model, feature_layer=s["feature_layer"], classifier=s["classifier"], grid=tuple(s["grid"]),
+                   input_shape=tuple(s["input_shape"]), group_batch_size=s["group_batch_size"])
+
+
+def _upgrade_legacy_spec(spec: Any, have_model: bool, where: str) -> Any:
+    """A 0.1 spec (``factory``/``factory_kwargs``) in the current layout, by table lookup only."""
+    if not isinstance(spec, dict) or "factory" not in spec:
+        return spec
+    spec = dict(spec)
+    factory = spec.pop("factory")
+    kwargs = spec.pop("factory_kwargs", {})
+    name = LEGACY_FACTORIES.get(factory) if isinstance(factory, str) else None
+    if name is None and not have_model:
+        raise UnsafeCheckpointError(
+            f"{where}the checkpoint names its CNN by the factory string {factory!r}, which is not one of the "
+            "project's own classes; sumofparts never imports a module named by a file. "
+            + pass_backbone_hint("the CNN"))
+    spec.setdefault("architecture", name)
+    spec.setdefault("architecture_kwargs", kwargs)
+    spec.setdefault("class_name", factory.replace(":", ".") if isinstance(factory, str) else None)
+    return spec

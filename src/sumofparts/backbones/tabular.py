@@ -13,9 +13,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError, InputError, InputTypeError, UnsafeCheckpointError
+from ..validation import Field, check_fields
 from .base import BackboneAdapter, describe
+from .registry import pass_backbone_hint
 
-__all__ = ["TabularAdapter", "IdentityHead"]
+__all__ = ["TabularAdapter", "IdentityHead", "TABULAR_SPEC_FIELDS"]
+
+#: the entries of a tabular adapter's spec
+TABULAR_SPEC_FIELDS: dict[str, Field] = {
+    "family": Field(str, choices=("tabular",)),
+    "num_features": Field(int, min=1, max=1_000_000),
+    "classifier": Field(str, optional=True),
+    "embed_dim": Field(int, min=1, max=65_536),
+    "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=4096),
+}
 
 
 class IdentityHead(nn.Module):
@@ -69,8 +81,10 @@ class TabularAdapter(BackboneAdapter):
         if classifier is None:
             linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError("the model has no nn.Linear classifier: wrap it with IdentityHead(model, C)")
+                raise ConfigError("the model has no nn.Linear classifier: wrap it with IdentityHead(model, C)")
             classifier = linears[-1]
+        if classifier not in modules:
+            raise ConfigError(f"classifier {classifier!r} is not a module of the model")
         super().__init__(model, modules[classifier], group_batch_size)
         self.num_features = int(num_features)
         self.encoder_dim = int(embed_dim)
@@ -83,12 +97,19 @@ class TabularAdapter(BackboneAdapter):
         return int(inputs.shape[0])
 
     def validate(self, inputs: Any) -> None:
-        if not isinstance(inputs, torch.Tensor) or inputs.ndim != 2 or inputs.shape[1] != self.num_features:
-            raise ValueError(f"expected a feature batch of shape (B, {self.num_features}), got {describe(inputs)}")
+        if not isinstance(inputs, torch.Tensor):
+            raise InputTypeError(f"expected a feature batch of shape (B, {self.num_features}), got {describe(inputs)}")
+        if inputs.ndim != 2 or inputs.shape[1] != self.num_features:
+            raise InputError(f"expected a feature batch of shape (B, {self.num_features}), got {describe(inputs)}")
+        if inputs.shape[0] == 0:
+            raise InputError(f"expected at least one input, got an empty batch: {describe(inputs)}")
         if not inputs.is_floating_point():
-            raise TypeError(f"expected floating-point features, got dtype {inputs.dtype}")
+            raise InputTypeError(f"expected floating-point features, got dtype {inputs.dtype}")
+        if inputs.dtype != self.dtype:
+            raise InputError(f"expected features of the backbone's dtype {self.dtype}, got dtype {inputs.dtype}; "
+                             f"convert them first, e.g. x.to({self.dtype})")
         if not torch.isfinite(inputs).all():
-            raise ValueError("the input contains NaN or infinite values; expected finite numbers")
+            raise InputError("the input contains NaN or infinite values; expected finite numbers")
 
     def make_encoder(self) -> nn.Module:
         return _FeatureEncoder(self.num_features, self.encoder_dim)
@@ -97,6 +118,23 @@ class TabularAdapter(BackboneAdapter):
         B, G, d = masks.shape
         return (inputs.unsqueeze(1) * masks.to(inputs.dtype)).reshape(B * G, d)
 
+    # layers: every leaf module but the classifier (a neuron of any of them can be explained)
+    def layer_positions(self, name: str) -> int:
+        """0: a hidden layer's units have no place among the input features."""
+        self.layer(name)
+        return 0
+
     def spec(self) -> dict[str, Any]:
         return {"family": self.family, "num_features": self.num_features, "classifier": self.classifier_name,
                 "embed_dim": self.encoder_dim, "group_batch_size": self.group_batch_size}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *,
+                  where: str = "") -> "TabularAdapter":
+        """Rebuild from :meth:`spec` around ``model`` (a tabular model is never built from a file)."""
+        s = check_fields(spec, TABULAR_SPEC_FIELDS, where=f"{where}backbone.", require=True)
+        if model is None:
+            raise UnsafeCheckpointError(f"{where}a tabular backbone is never rebuilt from a checkpoint. "
+                                        + pass_backbone_hint("the tabular model"))
+        return cls(model, num_features=s["num_features"], classifier=s["classifier"], embed_dim=s["embed_dim"],
+                   group_batch_size=s["group_batch_size"])

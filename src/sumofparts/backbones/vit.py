@@ -7,9 +7,60 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, check_image_batch, upsample_nearest
+from ..errors import ConfigError, InputError, InputTypeError
+from ..validation import Field, check_fields, check_value
+from .base import BackboneAdapter, EncoderLayers, check_image_batch, describe, upsample_nearest
+from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, _ACTIVATIONS, build_hf_model, encoder_parameters
 
-__all__ = ["ViTAdapter"]
+__all__ = ["ViTAdapter", "VIT_SPEC_FIELDS", "VIT_MODELS"]
+
+
+def _load_vit() -> tuple[type, type]:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification, ViTConfig
+
+
+def _vit_check(cfg: dict[str, Any]) -> str | None:
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        return (f"hidden_size ({cfg['hidden_size']}) must be a multiple of num_attention_heads "
+                f"({cfg['num_attention_heads']})")
+    if cfg["image_size"] % cfg["patch_size"]:
+        return f"image_size ({cfg['image_size']}) must be a multiple of patch_size ({cfg['patch_size']})"
+    return None
+
+
+def _vit_parameters(cfg: dict[str, Any]) -> int:
+    h, p, c = cfg["hidden_size"], cfg["patch_size"], cfg["num_channels"]
+    patches = (cfg["image_size"] // p) ** 2
+    labels = len(cfg["id2label"])
+    return c * p * p * h + h + (patches + 2) * h + encoder_parameters(cfg) + 2 * h + (h + 1) * labels
+
+
+#: the Hugging Face image classifiers this adapter builds from a checkpoint, and their config tables
+VIT_MODELS: dict[str, HFModelSchema] = {
+    "ViTForImageClassification": HFModelSchema(
+        class_name="ViTForImageClassification", model_type="vit",
+        fields={**HF_ENCODER_FIELDS,
+                "image_size": Field(int, min=1, max=4096),
+                "patch_size": Field(int, min=1, max=1024),
+                "num_channels": Field(int, min=1, max=64),
+                "qkv_bias": Field(bool),
+                "encoder_stride": Field(int, min=1, max=1024, required=False),
+                "pooler_output_size": Field(int, min=1, max=16_384, optional=True, required=False),
+                "pooler_act": Field(str, choices=_ACTIVATIONS, required=False)},
+        load=_load_vit, check=_vit_check, parameters=_vit_parameters),
+}
+
+#: the entries of a ViT adapter's spec
+VIT_SPEC_FIELDS: dict[str, Field] = {
+    "family": Field(str, choices=("vit",)),
+    "model_class": Field(str),
+    "hf_config": Field(dict),
+    "drop_patches": Field(bool),
+    "generator_layer": Field(int, min=-1024, max=-1),
+    "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
+}
 
 
 class _ViTCellEncoder(nn.Module):
@@ -34,7 +85,7 @@ class _ViTCellEncoder(nn.Module):
         return h[:, 1:]
 
 
-class ViTAdapter(BackboneAdapter):
+class ViTAdapter(EncoderLayers, BackboneAdapter):
     """A Hugging Face ViT classifier as an SOP backbone.
 
     Cells are the ``(image_size / patch_size)²`` patches, in row-major order. A group
@@ -48,6 +99,11 @@ class ViTAdapter(BackboneAdapter):
     dropped patch does not exist. Masking pixels is the default, as in the paper; patch
     dropping costs about ``tau`` of a full pass.
 
+    Layers (layer and neuron attribution): ``vit.embeddings``, ``vit.layers.0`` ...
+    ``vit.layers.{n-1}`` and ``vit.layernorm``, each seen as the patch tokens on the cell grid,
+    ``(B, D, h, w)``; the CLS token is not a cell and is left out of the view (it keeps its value
+    when a method replaces the layer's patch tokens).
+
     Args:
         model: a ``transformers.ViTForImageClassification``.
         drop_patches: run groups by dropping patches instead of zeroing pixels.
@@ -57,11 +113,12 @@ class ViTAdapter(BackboneAdapter):
     """
 
     family = "vit"
+    token_positions = 2
 
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
                  group_batch_size: int = 256):
         if not hasattr(model, "vit") or not hasattr(model, "classifier"):
-            raise TypeError(
+            raise InputTypeError(
                 "ViTAdapter expects a transformers ViTForImageClassification (with .vit and .classifier), "
                 f"got {type(model).__name__}"
             )
@@ -72,11 +129,16 @@ class ViTAdapter(BackboneAdapter):
         self.image_size = (int(size[0]), int(size[1]))
         self.patch_size = (int(patch[0]), int(patch[1]))
         self.channels = int(cfg.num_channels)
+        if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
+            raise ConfigError(f"ViTAdapter needs an image size divisible by the patch size (else the last "
+                              f"pixels belong to no patch and the masks are misaligned); got image size "
+                              f"{self.image_size} and patch size {self.patch_size}")
         self.cell_grid = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-        self.drop_patches = bool(drop_patches)
+        self.drop_patches = check_value("drop_patches", drop_patches, Field(bool))
         n_layers = len(model.vit.layers)
-        if not (-n_layers <= generator_layer < 0):
-            raise ValueError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
+        if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
+                not (-n_layers <= generator_layer < 0):
+            raise ConfigError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
         self.generator_layer = int(generator_layer)
         self.encoder_dim = int(cfg.hidden_size)
 
@@ -88,7 +150,7 @@ class ViTAdapter(BackboneAdapter):
         return int(inputs.shape[0])
 
     def validate(self, inputs: Any) -> None:
-        check_image_batch(inputs, self.channels, self.image_size)
+        check_image_batch(inputs, self.channels, self.image_size, self.dtype)
 
     # generator
     def make_encoder(self) -> nn.Module:
@@ -97,6 +159,12 @@ class ViTAdapter(BackboneAdapter):
         keep = n_layers + 1 + self.generator_layer
         return _ViTCellEncoder(self.model.vit, keep)
 
+    # layers of the generator's copy
+    def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
+        """The copy's embedding and the blocks it keeps (all but the last, for ``generator_layer=-2``)."""
+        names = list(self.named_layers())
+        return dict(zip(names, [encoder.embeddings, *encoder.layers]))
+
     # backbone
     def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         B, G, _ = masks.shape
@@ -104,10 +172,16 @@ class ViTAdapter(BackboneAdapter):
         x = inputs.unsqueeze(1) * up.unsqueeze(2).to(inputs.dtype)  # (B, G, C, H, W)
         return x.reshape(B * G, *inputs.shape[1:])
 
-    def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.drop_patches:
-            return super()._forward_masked(inputs, masks)
-        return self._forward_dropped(inputs, masks)
+    masking_modes = ("zero", "drop")
+
+    @property
+    def masking_mode(self) -> str:
+        return "drop" if self.drop_patches else "zero"
+
+    def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if mode == "drop":
+            return self._forward_dropped(inputs, masks)
+        return super()._forward_masked(inputs, masks, mode)
 
     def _forward_dropped(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep only each group's patches (plus CLS). Every group of a batch must have the same size."""
@@ -116,7 +190,7 @@ class ViTAdapter(BackboneAdapter):
         counts = masks.sum(-1)
         k = int(counts.max())
         if not bool((counts == k).all()):
-            raise ValueError("patch dropping needs every group of a batch to hold the same number of cells")
+            raise InputError("patch dropping needs every group of a batch to hold the same number of cells")
         emb = vit.embeddings(pixel_values)  # (B, 1+N, D), position embeddings added
         cls, patches = emb[:, :1], emb[:, 1:]
         # indices of kept cells in increasing order: (B, G, k)
@@ -134,6 +208,28 @@ class ViTAdapter(BackboneAdapter):
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.image_size)
 
+    # layers
+    def embedding_module(self) -> nn.Module:
+        return self.model.vit.embeddings
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        return self.model.vit.layers
+
+    def final_token_layers(self) -> list[nn.Module]:
+        return [self.model.vit.layernorm]
+
+    def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, 1 + N, D)`` -> the patch tokens on the cell grid ``(B, D, h, w)`` (CLS left out)."""
+        N = self.cell_grid[0] * self.cell_grid[1]
+        if not isinstance(output, torch.Tensor) or output.ndim != 3 or output.shape[1] != 1 + N:
+            raise InputError(f"expected a ViT layer output of shape (B, {1 + N}, D), got {describe(output)}")
+        B, _, D = output.shape
+        return output[:, 1:].transpose(1, 2).reshape(B, D, *self.cell_grid)
+
+    def layer_from_grid(self, grid: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        B, D = grid.shape[:2]
+        return torch.cat([output[:, :1], grid.reshape(B, D, -1).transpose(1, 2)], dim=1)
+
     def spec(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -143,3 +239,17 @@ class ViTAdapter(BackboneAdapter):
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,
         }
+
+    @classmethod
+    def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**spec, "hf_config": without_inert_keys(spec.get("hf_config"))}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "ViTAdapter":
+        """Rebuild from :meth:`spec`: an allow-listed class (:data:`VIT_MODELS`) from its checked
+        config, or ``model``."""
+        s = check_fields(spec, VIT_SPEC_FIELDS, where=f"{where}backbone.", require=True)
+        if model is None:
+            model = build_hf_model(s["model_class"], s["hf_config"], VIT_MODELS, where=where)
+        return cls(model, drop_patches=s["drop_patches"], generator_layer=s["generator_layer"],
+                   group_batch_size=s["group_batch_size"])

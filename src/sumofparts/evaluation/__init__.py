@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from ..errors import ConfigError, InputTypeError, MissingFileError
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -44,10 +46,12 @@ from .plan import DEFAULT_METHODS, PlanEntry, build_plan, default_methods, optio
 from .passes import channels_last
 from .runner import Batch, BatchResult, EvalSettings, evaluate_batch
 from .shards import ShardStore, weights_hash
-from .tables import EvalTables, build_tables, merge_values, write_tables
+from .tables import EvalTables, build_tables, csv_text, merge_values, write_tables
+
+_csv = csv_text  # the name sumofparts.analysis imports
 
 __all__ = ["EvalTables", "EvalSettings", "evaluate_task", "default_methods", "resolve_methods", "DEFAULT_METHODS",
-           "PlanEntry", "training_target_mean"]
+           "PlanEntry", "training_target_mean", "csv_text"]
 
 
 def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None, size: str, seed: int,
@@ -55,15 +59,15 @@ def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None
     if isinstance(task, tuple):
         sop, data = task
         if not isinstance(sop, SumOfParts) or not isinstance(data, TaskData):
-            raise TypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got "
+            raise InputTypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got "
                             f"({type(sop).__name__}, {type(data).__name__})")
         return data.name, sop, data
     if not isinstance(task, str):
-        raise TypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got {type(task).__name__}")
+        raise InputTypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got {type(task).__name__}")
     spec = get_task(task)
     ckpt = Path(checkpoint) if checkpoint is not None else Path("sop-runs") / task / "sop" / "best"
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"no SOP checkpoint at {ckpt}: train one first with `sop run {task}` "
+        raise MissingFileError(f"no SOP checkpoint at {ckpt}: train one first with `sop run {task}` "
                                 "(or pass --checkpoint DIR)")
     sop = SumOfParts.from_pretrained(ckpt)
     data = spec.load_data(Path(cache_dir or default_cache_dir()), size=size, seed=seed, progress=progress)
@@ -182,20 +186,20 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
     kind = data.kind
     n = min(int(n), len(data.test))
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if int(tie_samples) < 1:
-        raise ValueError(f"tie_samples must be >= 1, got {tie_samples}")
+        raise ConfigError(f"tie_samples must be >= 1, got {tie_samples}")
     if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     if kind == "regression" and not 0 <= int(regression_target) < data.num_outputs:
-        raise ValueError(f"regression_target must be in [0, {data.num_outputs}), got {regression_target}")
+        raise ConfigError(f"regression_target must be in [0, {data.num_outputs}), got {regression_target}")
     settings = EvalSettings(kind=kind, steps=int(steps), fraction=float(fraction), tie_samples=int(tie_samples),
                             seed=int(seed), regression_target=int(regression_target),
                             fidelity_max_classes=int(fidelity_max_classes), robustness=bool(robustness))
     if world > 1 and out_dir is None:
-        raise ValueError("a distributed evaluation needs out_dir: the processes exchange their results as shards")
+        raise ConfigError("a distributed evaluation needs out_dir: the processes exchange their results as shards")
     names = resolve_methods(methods, sop.backbone)
     options = {k.lower(): dict(v) for k, v in (method_options or {}).items()}
     store = None

@@ -63,14 +63,17 @@ class PassCache:
         self._equal_sizes = False  # the adapter needs groups of one size per call (ViT patch dropping)
 
     @torch.no_grad()
-    def forward_groups(self, inputs: Any, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_groups(self, inputs: Any, masks: torch.Tensor, *, mode: str | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as ``BackboneAdapter.forward_groups``: ``masks (B, G, N)`` -> logits ``(B, G, C)``,
-        embeddings ``(B, G, D)``."""
+        embeddings ``(B, G, D)``; ``mode`` one of the adapter's masking modes (``None``: its default)."""
+        mode = self.adapter.check_masking_mode(mode)
         B, G, N = masks.shape
         rows = input_row_keys(inputs)
         flat = masks.reshape(B * G, N)
         packed = np.packbits(flat.cpu().numpy().astype(np.uint8), axis=1)
-        keys = [(rows[i // G], packed[i].tobytes() + N.to_bytes(4, "little")) for i in range(B * G)]
+        tag = mode.encode() + N.to_bytes(4, "little")
+        keys = [(rows[i // G], packed[i].tobytes() + tag) for i in range(B * G)]
         self.requested += B * G
         missing: dict[tuple[bytes, bytes], int] = {}
         for i, k in enumerate(keys):
@@ -78,25 +81,22 @@ class PassCache:
                 missing[k] = i
         if missing:
             idx = torch.tensor(list(missing.values()), dtype=torch.long)
-            self._compute(inputs, idx // G, flat[idx], list(missing))
+            self._compute(inputs, idx // G, flat[idx], list(missing), mode)
         y = torch.stack([self.store[k][0] for k in keys]).reshape(B, G, -1)
         z = torch.stack([self.store[k][1] for k in keys]).reshape(B, G, -1)
         return y, z
 
-    def _compute(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list) -> None:
+    def _compute(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list, mode: str) -> None:
         for s in range(0, len(keys), self.chunk_rows):
             e = min(len(keys), s + self.chunk_rows)
-            self._compute_chunk(inputs, rows[s:e], masks[s:e], keys[s:e])
+            with torch.inference_mode():
+                self._run(inputs, rows[s:e], masks[s:e], keys[s:e], mode)
 
-    def _compute_chunk(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list) -> None:
-        with torch.inference_mode():
-            self._run(inputs, rows, masks, keys)
-
-    def _run(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list) -> None:
+    def _run(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list, mode: str) -> None:
         sub = self.adapter.select(inputs, rows.to(self._device(inputs)))
         if not self._equal_sizes:
             try:
-                y, z = self.original(sub, masks[:, None, :])
+                y, z = self.original(sub, masks[:, None, :], mode=mode)
             except ValueError:
                 self._equal_sizes = True  # e.g. patch dropping: every group of a call must hold as many cells
             else:
@@ -105,7 +105,8 @@ class PassCache:
         sizes = masks.sum(-1)
         for size in torch.unique(sizes).tolist():
             sel = torch.nonzero(sizes == size).flatten()
-            y, z = self.original(self.adapter.select(sub, sel.to(self._device(inputs))), masks[sel][:, None, :])
+            y, z = self.original(self.adapter.select(sub, sel.to(self._device(inputs))), masks[sel][:, None, :],
+                                 mode=mode)
             self._put([keys[i] for i in sel.tolist()], y[:, 0], z[:, 0])
 
     @staticmethod

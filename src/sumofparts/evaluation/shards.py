@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ResumeError
+
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from .runner import BatchResult
 
@@ -56,7 +58,7 @@ class ShardStore:
             old = read_json(self.manifest).get("fingerprint", {})
             if resume and old != self.fingerprint:
                 diff = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
-                raise ValueError(f"cannot resume: the shards in {self.directory} come from an evaluation with other "
+                raise ResumeError(f"cannot resume: the shards in {self.directory} come from an evaluation with other "
                                  f"settings ({', '.join(diff)} differ); run without --resume to start over, or use "
                                  "another --out")
         if not resume:
@@ -82,7 +84,7 @@ class ShardStore:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("digest") != self.digest:
-            raise ValueError(f"{path} belongs to another evaluation (fingerprint {meta.get('digest')}, expected "
+            raise ResumeError(f"{path} belongs to another evaluation (fingerprint {meta.get('digest')}, expected "
                              f"{self.digest}); remove the shard directory or run without --resume")
         res = BatchResult(seconds=json.loads(meta["seconds"]), passes=json.loads(meta["passes"]),
                           dedupe=json.loads(meta["dedupe"]))

@@ -22,7 +22,7 @@ from .. import metrics as M
 from ..io import atomic_write_json, atomic_write_text
 from .plan import PlanEntry
 
-__all__ = ["EvalTables", "build_tables", "merge_values"]
+__all__ = ["EvalTables", "build_tables", "merge_values", "csv_text", "write_tables"]
 
 
 @dataclass
@@ -152,7 +152,8 @@ def _md_table(rows: list[dict[str, Any]], cols: list[tuple[str, str | None, str]
     return "\n".join([head, sep, *body])
 
 
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` (dicts) as CSV text with the given ``columns``; None and NaN as empty cells."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -178,8 +179,8 @@ def write_tables(tables: EvalTables, out_dir: Path) -> None:
     each written atomically."""
     paths = {"markdown": out_dir / "evaluation.md", "accuracy_csv": out_dir / "evaluation_accuracy.csv",
              "faithfulness_csv": out_dir / "evaluation_faithfulness.csv", "json": out_dir / "evaluation.json"}
-    atomic_write_text(paths["accuracy_csv"], _csv(tables.accuracy, tables.accuracy_columns))
-    atomic_write_text(paths["faithfulness_csv"], _csv(tables.faithfulness, tables.faithfulness_columns))
+    atomic_write_text(paths["accuracy_csv"], csv_text(tables.accuracy, tables.accuracy_columns))
+    atomic_write_text(paths["faithfulness_csv"], csv_text(tables.faithfulness, tables.faithfulness_columns))
     atomic_write_json(paths["json"], tables.json_dict())
     atomic_write_text(paths["markdown"], tables.markdown())
     tables.paths = paths
@@ -278,8 +279,11 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
     curves: dict[str, dict[str, Any]] = {}
     for key, entry in plan.items():
         vals = values.get(key, {})
+        reasons = _inapplicable(entry)
         if entry.accuracy_row:
             accuracy.append(accuracy_row(entry.accuracy_row, vals, entry.source))
+            _blank(accuracy[-1], entry.accuracy_row, {k: v for k, v in reasons.items() if k == "prediction"},
+                   metric, output_names, notes)
         if not entry.faithfulness_row:
             continue
         row: dict[str, Any] = {"method": entry.faithfulness_row, "protocol": entry.protocol, "n": n,
@@ -289,7 +293,8 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
             st.mean(row, "fidelity", vals["fidelity"], nf)
         else:
             row.update(fidelity=None, fidelity_std=None)
-            notes.append(f"{entry.faithfulness_row} ({entry.protocol}): fidelity: " + _fidelity_reason(entry, kind))
+            if "fidelity" not in reasons:
+                notes.append(f"{entry.faithfulness_row} ({entry.protocol}): fidelity: " + _fidelity_reason(entry, kind))
         for name, (rows, stat) in M.path_score_rows(vals["ins"], vals["del"], vals["full"], vals["empty"],
                                                     kind).items():
             st.statistic(row, name, rows, stat, nf, with_std=name in ("insertion", "deletion"))
@@ -316,7 +321,11 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
         if nf:
             notes.append(f"{entry.faithfulness_row} ({entry.protocol}): non-finite values left out: "
                          f"{_nonfinite_text(nf)} of {n} items")
+        _blank(row, entry.faithfulness_row, {k: v for k, v in reasons.items() if k != "prediction"}, metric,
+               output_names, notes)
         faithfulness.append(row)
+        if reasons.keys() & {"insertion", "deletion"}:
+            continue  # its curves say nothing about it either
         curves[key] = {"label": f"{entry.faithfulness_row} ({entry.protocol.split(';')[0]})"
                        if entry.role.startswith("sop") else entry.faithfulness_row, **_mean_curves(vals, kind, steps, y)}
     columns_acc = ["method", metric, f"{metric}_std"]
@@ -332,6 +341,30 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
     columns_faith += extra + ["constant_maps", "nonfinite", "n"]
     return EvalTables(task=task, metric=metric, accuracy=accuracy, faithfulness=faithfulness,
                       accuracy_columns=columns_acc, faithfulness_columns=columns_faith, notes=notes, curves=curves)
+
+
+def _inapplicable(entry: PlanEntry) -> dict[str, str]:
+    """``{metric: reason}`` for the metrics that say nothing about this entry's method (e.g. a neuron method
+    explains a unit of a layer, not the output): ``AttributionMethod.inapplicable_metrics``."""
+    method = entry.method
+    return dict(method.inapplicable_metrics()) if hasattr(method, "inapplicable_metrics") else {}
+
+
+def _blank(row: dict[str, Any], label: str, reasons: dict[str, str], metric: str, output_names: Sequence[str],
+           notes: list[str]) -> None:
+    """Set the cells of inapplicable metrics to N/A and give the method's reason as the note."""
+    columns = {"prediction": [metric, f"{metric}_std"] + [f"{p}_{o}" for o in output_names for p in ("mse", "r2")],
+               "fidelity": ["fidelity", "fidelity_std"],
+               "insertion": ["insertion", "insertion_std", "insertion_raw", "insertion_paper"],
+               "deletion": ["deletion", "deletion_std", "deletion_raw", "deletion_paper", "deletion_abs_scale"],
+               "infidelity": ["infidelity", "infidelity_std"]}
+    for what, reason in reasons.items():
+        cols = [c for c in columns.get(what, []) if c in row]
+        if not cols:
+            continue
+        for c in cols:
+            row[c] = None
+        notes.append(f"{label}: {cols[0]}: {reason}")
 
 
 def _fidelity_reason(entry: PlanEntry, kind: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from ..errors import InputError
 
 __all__ = ["per_example_error", "error", "per_example_squared_error", "mse", "per_target_mse", "r2_score",
            "sparsity_curve"]
@@ -17,7 +18,7 @@ __all__ = ["per_example_error", "error", "per_example_squared_error", "mse", "pe
 def _check_logits(pred: torch.Tensor, name: str = "pred_logits") -> torch.Tensor:
     if not isinstance(pred, torch.Tensor) or pred.ndim != 2:
         got = f"shape {tuple(pred.shape)}" if isinstance(pred, torch.Tensor) else type(pred).__name__
-        raise ValueError(f"expected {name} as a (B, C) tensor, got {got}")
+        raise InputError(f"expected {name} as a (B, C) tensor, got {got}")
     return pred
 
 
@@ -29,7 +30,7 @@ def per_example_error(pred_logits: torch.Tensor, labels: torch.Tensor) -> torch.
     pred = _check_logits(pred_logits)
     labels = torch.as_tensor(labels, device=pred.device).long().reshape(-1)
     if labels.shape[0] != pred.shape[0]:
-        raise ValueError(f"expected {pred.shape[0]} labels for {pred.shape[0]} predictions, got {labels.shape[0]}")
+        raise InputError(f"expected {pred.shape[0]} labels for {pred.shape[0]} predictions, got {labels.shape[0]}")
     return (pred.argmax(-1) != labels).to(torch.float64)
 
 
@@ -88,11 +89,11 @@ def sparsity_curve(logits_per_fraction: torch.Tensor, labels: torch.Tensor,
     "accuracy": [...]}`` (classification) or ``{"fractions": [...], "mse": [...]}``.
     """
     if logits_per_fraction.ndim != 3:
-        raise ValueError(f"expected logits_per_fraction of shape (B, S, C), got {tuple(logits_per_fraction.shape)}")
+        raise InputError(f"expected logits_per_fraction of shape (B, S, C), got {tuple(logits_per_fraction.shape)}")
     S = logits_per_fraction.shape[1]
     fractions = list(fractions) if fractions is not None else [(i + 1) / S for i in range(S)]
     if len(fractions) != S:
-        raise ValueError(f"{len(fractions)} fractions for {S} curve steps")
+        raise InputError(f"{len(fractions)} fractions for {S} curve steps")
     if task == "regression":
         vals = [mse(logits_per_fraction[:, s], labels) for s in range(S)]
         return {"fractions": fractions, "mse": vals}

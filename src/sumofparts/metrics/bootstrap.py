@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+from ..errors import InputError
 
 __all__ = ["bootstrap_std"]
 
@@ -27,12 +28,12 @@ def bootstrap_std(values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed
     elif v.ndim == 2:
         stat = statistic
     else:
-        raise ValueError(f"expected values as (n,) or (n, d), got shape {v.shape}")
+        raise InputError(f"expected values as (n,) or (n, d), got shape {v.shape}")
     v = v[np.isfinite(v).all(1)]
     if v.shape[0] < 2:
         return float("nan")
     if int(n_boot) < 2:
-        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+        raise InputError(f"n_boot must be >= 2, got {n_boot}")
     rng = np.random.default_rng(int(seed))
     idx = rng.integers(0, v.shape[0], size=(int(n_boot), v.shape[0]))
     if statistic is np.mean and v.shape[1] == 1:

@@ -51,6 +51,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 from .ranking import cell_ranks, count_of_fraction, tie_keys
 
 __all__ = [
@@ -64,14 +66,14 @@ KINDS = ("classification", "regression")
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"task kind must be 'classification' or 'regression', got {kind!r}")
+        raise InputError(f"task kind must be 'classification' or 'regression', got {kind!r}")
     return kind
 
 
 def fractions(steps: int = 10) -> list[float]:
     """``[1/S, 2/S, …, 1]``."""
     if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     return [(s + 1) / steps for s in range(int(steps))]
 
 
@@ -85,7 +87,7 @@ def _targets(target: Any, B: int, device: torch.device) -> torch.Tensor:
         return torch.full((B,), int(target), dtype=torch.long, device=device)
     t = torch.as_tensor(target, device=device).long().reshape(-1)
     if t.shape[0] != B:
-        raise ValueError(f"expected one target per input ({B}), got {t.shape[0]}")
+        raise InputError(f"expected one target per input ({B}), got {t.shape[0]}")
     return t
 
 
@@ -98,9 +100,9 @@ def path_masks(cell_scores: torch.Tensor, valid: torch.Tensor, steps: int, *, mo
     the other valid cells.
     """
     if mode not in ("insertion", "deletion"):
-        raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
+        raise InputError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
     if cell_scores.shape != valid.shape or cell_scores.ndim != 2:
-        raise ValueError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
+        raise InputError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
     B, N = valid.shape
     R = 1 if keys is None else keys.shape[1]
     scores = cell_scores.detach()[:, None, :].expand(B, R, N)
@@ -213,7 +215,7 @@ def path_curves(adapter, inputs: Any, cell_scores: torch.Tensor, steps: int = 10
     kind = _check_kind(kind)
     valid = adapter.valid_cells(inputs).to(cell_scores.device)
     if cell_scores.shape != valid.shape:
-        raise ValueError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
+        raise InputError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
     B, N = valid.shape
     t = _targets(target, B, adapter.device)
     if keys is None:
@@ -255,7 +257,7 @@ def _default_target(adapter, inputs: Any, target: Any, task: str) -> torch.Tenso
     if target is not None:
         return _targets(target, adapter.batch_size(inputs), adapter.device)
     if _check_kind(task) == "regression":
-        raise ValueError("a regression model has no predicted class: pass target= (the output to follow)")
+        raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
     with torch.no_grad():
         return adapter(inputs).argmax(-1)
 
@@ -356,7 +358,7 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None, output:
         B, C = out.logits.shape
         if target is None:
             if sop.config.task == "regression":
-                raise ValueError("a regression model has no predicted class: pass target= (the output to follow)")
+                raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
             t = out.logits.argmax(-1)
         else:
             t = _targets(target, B, out.logits.device)
@@ -405,12 +407,12 @@ def fidelity(pred_logits: torch.Tensor, attribution_sums: torch.Tensor, *, refer
     over the C given columns.
     """
     if pred_logits.shape != attribution_sums.shape or pred_logits.ndim != 2:
-        raise ValueError(f"expected pred_logits and attribution_sums of the same shape (B, C), got "
+        raise InputError(f"expected pred_logits and attribution_sums of the same shape (B, C), got "
                          f"{tuple(pred_logits.shape)} and {tuple(attribution_sums.shape)}")
     p, q = pred_logits.to(torch.float64), attribution_sums.to(torch.float64)
     if reference is not None:
         if reference.shape != pred_logits.shape:
-            raise ValueError(f"reference {tuple(reference.shape)} must have the shape of pred_logits "
+            raise InputError(f"reference {tuple(reference.shape)} must have the shape of pred_logits "
                              f"{tuple(pred_logits.shape)}")
         q = q + reference.to(torch.float64)
     if _check_kind(task) == "regression":

@@ -16,6 +16,7 @@ an option, to show the difference. An example whose foreground is empty has no p
 from __future__ import annotations
 
 import torch
+from ..errors import InputError
 
 from .ranking import count_of_fraction, top_cells
 
@@ -26,10 +27,10 @@ def _pair(masks: torch.Tensor, foreground: torch.Tensor) -> tuple[torch.Tensor, 
     masks = torch.as_tensor(masks).bool()
     foreground = torch.as_tensor(foreground, device=masks.device).bool()
     if masks.shape != foreground.shape:
-        raise ValueError(f"masks {tuple(masks.shape)} and foreground {tuple(foreground.shape)} must have the same "
+        raise InputError(f"masks {tuple(masks.shape)} and foreground {tuple(foreground.shape)} must have the same "
                          "shape (B, H, W) at input resolution")
     if masks.ndim < 2:
-        raise ValueError(f"expected a batch of masks (B, ...), got shape {tuple(masks.shape)}")
+        raise InputError(f"expected a batch of masks (B, ...), got shape {tuple(masks.shape)}")
     return masks.reshape(masks.shape[0], -1), foreground.reshape(foreground.shape[0], -1)
 
 
@@ -62,9 +63,9 @@ def top_fraction_cells(cell_scores: torch.Tensor, fraction: float = 0.2,
     tie-break order, ``None`` by cell index.
     """
     if cell_scores.ndim != 2:
-        raise ValueError(f"expected cell_scores of shape (B, N), got {tuple(cell_scores.shape)}")
+        raise InputError(f"expected cell_scores of shape (B, N), got {tuple(cell_scores.shape)}")
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     valid = torch.ones_like(cell_scores, dtype=torch.bool) if valid is None else valid.bool()
     return top_cells(cell_scores, valid, count_of_fraction(valid, fraction, at_least_one=True), keys)
 
@@ -80,7 +81,7 @@ def grouped_union(masks: torch.Tensor, scores: torch.Tensor, fraction: float = 0
     kept only for comparison. Returns ``(B, *S)`` bool.
     """
     if masks.ndim < 3 or scores.shape != masks.shape[:2]:
-        raise ValueError(f"expected masks (B, G, ...) and scores (B, G), got {tuple(masks.shape)} and "
+        raise InputError(f"expected masks (B, G, ...) and scores (B, G), got {tuple(masks.shape)} and "
                          f"{tuple(scores.shape)}")
     B, G = scores.shape
     flat = masks.reshape(B, G, -1).bool()

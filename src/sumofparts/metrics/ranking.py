@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 __all__ = ["cell_ranks", "top_cells", "tie_keys", "constant_maps", "nonfinite_maps", "count_of_fraction"]
 
 
@@ -34,9 +36,9 @@ def tie_keys(items: Sequence[int] | torch.Tensor, num_cells: int, samples: int =
     """
     ids = [int(i) for i in (items.tolist() if isinstance(items, torch.Tensor) else items)]
     if int(samples) < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise InputError(f"samples must be >= 1, got {samples}")
     if any(i < 0 for i in ids):
-        raise ValueError(f"item indices must be >= 0, got {ids}")
+        raise InputError(f"item indices must be >= 0, got {ids}")
     keys = np.stack([np.stack([np.random.default_rng([int(seed), i, r]).random(int(num_cells))
                                for r in range(int(samples))]) for i in ids]) if ids else \
         np.zeros((0, int(samples), int(num_cells)))
@@ -51,7 +53,7 @@ def cell_ranks(scores: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor | N
     ``None``: by cell index.
     """
     if scores.shape != valid.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and valid cells {tuple(valid.shape)} must have the same shape")
+        raise InputError(f"scores {tuple(scores.shape)} and valid cells {tuple(valid.shape)} must have the same shape")
     s = scores.detach().to(torch.float64)
     s = torch.nan_to_num(s, nan=-torch.finfo(torch.float64).max, posinf=torch.finfo(torch.float64).max,
                          neginf=-torch.finfo(torch.float64).max)
@@ -60,7 +62,7 @@ def cell_ranks(scores: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor | N
         order = torch.argsort(s, dim=-1, descending=True, stable=True)
     else:
         if keys.shape != scores.shape:
-            raise ValueError(f"tie keys {tuple(keys.shape)} must have the scores' shape {tuple(scores.shape)}")
+            raise InputError(f"tie keys {tuple(keys.shape)} must have the scores' shape {tuple(scores.shape)}")
         perm = torch.argsort(keys.to(s.device), dim=-1, stable=True)  # the random order of the cells
         within = torch.argsort(s.gather(-1, perm), dim=-1, descending=True, stable=True)
         order = perm.gather(-1, within)
@@ -79,7 +81,7 @@ def count_of_fraction(valid: torch.Tensor, fraction: float | Sequence[float], *,
     k = torch.tensor([float(fraction)] if scalar else [float(f) for f in fraction], dtype=torch.float64,
                      device=valid.device)
     if bool(((k < 0) | (k > 1)).any()):
-        raise ValueError(f"fractions must be in [0, 1], got {k.tolist()}")
+        raise InputError(f"fractions must be in [0, 1], got {k.tolist()}")
     counts = torch.floor(k[None, :] * valid.sum(-1, keepdim=True).to(torch.float64) + 1e-9).long()
     if at_least_one:
         counts = counts.clamp(min=1)

@@ -38,13 +38,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from ..errors import InputError, InputTypeError
 
 __all__ = ["infidelity", "max_sensitivity", "subset_removals", "uniform_perturbations"]
 
 
 def _check_tensor(inputs: Any) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise TypeError("infidelity and max-sensitivity need a floating-point input tensor (images); "
+        raise InputTypeError("infidelity and max-sensitivity need a floating-point input tensor (images); "
                         f"got {type(inputs).__name__}")
     return inputs
 
@@ -52,7 +53,7 @@ def _check_tensor(inputs: Any) -> torch.Tensor:
 def _items(items: Sequence[int] | None, B: int) -> list[int]:
     ids = list(range(B)) if items is None else [int(i) for i in items]
     if len(ids) != B:
-        raise ValueError(f"expected {B} item indices, got {len(ids)}")
+        raise InputError(f"expected {B} item indices, got {len(ids)}")
     return ids
 
 
@@ -101,7 +102,7 @@ def infidelity(forward_func: Callable[[torch.Tensor], torch.Tensor], inputs: tor
     """
     x = _check_tensor(inputs)
     if attributions.shape != x.shape:
-        raise ValueError(f"attributions {tuple(attributions.shape)} must have the input's shape {tuple(x.shape)}")
+        raise InputError(f"attributions {tuple(attributions.shape)} must have the input's shape {tuple(x.shape)}")
     B = x.shape[0]
     ids = _items(items, B)
     t = torch.as_tensor(target, device=x.device).long().reshape(-1).expand(B) if not isinstance(target, int) \
@@ -112,24 +113,24 @@ def infidelity(forward_func: Callable[[torch.Tensor], torch.Tensor], inputs: tor
                 [np.random.default_rng([int(seed), i, m, 0]).random(tuple(x.shape[1:])) < 0.5 for i in ids]))
                 for m in range(int(n_perturb_samples))]).to(x.device)
         if removals.shape[1:] != x.shape:
-            raise ValueError(f"removals must be (M, {', '.join(map(str, x.shape))}), got {tuple(removals.shape)}")
+            raise InputError(f"removals must be (M, {', '.join(map(str, x.shape))}), got {tuple(removals.shape)}")
         R = removals.to(x.dtype)
         I = x.unsqueeze(0) * R  # (M, B, *F)
         I_dot = R if multiply_by_inputs else I
     elif perturbation == "noise":
         if multiply_by_inputs:
-            raise ValueError("noise perturbations are for gradient-like attributions; use perturbation='subset' "
+            raise InputError("noise perturbations are for gradient-like attributions; use perturbation='subset' "
                              "for attributions that multiply by the input")
         if noise is None:
             noise = torch.stack([torch.from_numpy(np.stack(
                 [np.random.default_rng([int(seed), i, m, 3]).normal(0.0, noise_std, size=tuple(x.shape[1:]))
                  for i in ids])) for m in range(int(n_perturb_samples))]).to(x.device, x.dtype)
         if noise.shape[1:] != x.shape:
-            raise ValueError(f"noise must be (M, {', '.join(map(str, x.shape))}), got {tuple(noise.shape)}")
+            raise InputError(f"noise must be (M, {', '.join(map(str, x.shape))}), got {tuple(noise.shape)}")
         I = noise.to(x.dtype)
         I_dot = I
     else:
-        raise ValueError(f"perturbation must be 'subset' or 'noise', got {perturbation!r}")
+        raise InputError(f"perturbation must be 'subset' or 'noise', got {perturbation!r}")
     M = I.shape[0]
     f_x = forward_func(x).gather(1, t.view(-1, 1))[:, 0].double()  # (B,)
     perturbed = (x.unsqueeze(0) - I).reshape(M * B, *x.shape[1:])
@@ -159,7 +160,7 @@ def max_sensitivity(explanation_func: Callable[..., torch.Tensor], inputs: torch
         perturbations = uniform_perturbations(x.shape, n_perturb_samples, radius, items=_items(items, B), seed=seed)
     perturbations = perturbations.to(x.device, x.dtype)
     if perturbations.shape[1:] != x.shape:
-        raise ValueError(f"perturbations must be (M, {', '.join(map(str, x.shape))}), got {tuple(perturbations.shape)}")
+        raise InputError(f"perturbations must be (M, {', '.join(map(str, x.shape))}), got {tuple(perturbations.shape)}")
     phi = explanation_func(x, target=target).detach().double().reshape(B, -1)
     norm = phi.norm(dim=1)
     worst = torch.full((B,), float("-inf"), dtype=torch.float64, device=phi.device)

@@ -5,8 +5,11 @@ import torch
 from torch import nn
 
 from ..backbones.base import gaussian_kernel
+from ..errors import ConfigError
+from ..ops import cell_counts, top_cells
 
-__all__ = ["GroupGenerator", "sample_candidates", "binarise_top_tau", "group_scale"]
+__all__ = ["GroupGenerator", "sample_candidates", "candidate_queries", "lattice_cells", "binarise_top_tau",
+           "group_scale", "CANDIDATE_SCHEMES"]
 
 
 class GroupGenerator(nn.Module):
@@ -41,12 +44,12 @@ class GroupGenerator(nn.Module):
         if init == "identity":
             self._identity_init(dim, attn_dim, init_noise)
         elif init != "random":
-            raise ValueError(f"generator init must be 'identity' or 'random', got {init!r}")
+            raise ConfigError(f"generator init must be 'identity' or 'random', got {init!r}")
         self.grid = grid
         self.blur_kernel = int(blur_kernel)
         if self.blur_kernel:
             if grid is None:
-                raise ValueError("blur_kernel needs a cell grid: it is for image backbones only")
+                raise ConfigError("blur_kernel needs a cell grid: it is for image backbones only")
             self.register_buffer("blur", gaussian_kernel(self.blur_kernel, blur_sigma)[None, None],
                                  persistent=False)
 
@@ -89,25 +92,83 @@ class GroupGenerator(nn.Module):
         return torch.softmax(logits, dim=-1)
 
 
-def sample_candidates(attn: torch.Tensor, valid: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Keep G candidates, evenly spaced, from the K'·n_valid candidates of each input.
+#: how the G candidates are chosen among the K'·N (head, query cell) pairs (``SOPConfig.candidate_queries``)
+CANDIDATE_SCHEMES = ("paper", "spread")
 
-    Candidates are ordered by (head, query cell) over the *valid* query cells; the
-    kept indices are ``floor(i · M / G)``, i = 0..G-1, with M the number of candidates
-    of that input. ``attn: (B, K', N, N)``, ``valid: (B, N)`` -> ``(B, G, N)``.
+
+def sample_candidates(attn: torch.Tensor, valid: torch.Tensor, num_groups: int, *, scheme: str = "paper",
+                      grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Keep G of the K'·n_valid candidate distributions of each input: ``(B, K', N, N)`` -> ``(B, G, N)``.
+
+    Candidate (h, q) is row q (query cell q) of head h's attention. ``valid: (B, N)``.
+    See :func:`candidate_queries` for which (h, q) are kept under each ``scheme``.
     """
-    B, K_, N, _ = attn.shape
-    n_valid = valid.sum(-1)  # (B,)
-    M = K_ * n_valid  # (B,)
-    i = torch.arange(num_groups, device=attn.device)
-    j = (i[None, :] * M[:, None]) // num_groups  # (B, G)
-    head = j // n_valid[:, None]
-    rank = j % n_valid[:, None]
-    # the rank-th valid cell of each input: valid cells first, in their order
-    order = torch.sort((~valid).to(torch.int8), dim=-1, stable=True).indices  # (B, N)
-    query = torch.gather(order, 1, rank)  # (B, G)
+    B = attn.shape[0]
+    head, query = candidate_queries(valid, attn.shape[1], num_groups, scheme=scheme, grid=grid)
     b = torch.arange(B, device=attn.device)[:, None].expand(B, num_groups)
     return attn[b, head, query]  # (B, G, N)
+
+
+def candidate_queries(valid: torch.Tensor, num_heads: int, num_groups: int, *, scheme: str = "paper",
+                      grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head and the query cell of each of the G kept candidates: two ``(B, G)`` long tensors.
+
+    * ``"paper"`` (the authors' rule): candidates are ordered by (head, valid query cell) and
+      the kept ones are ``floor(i · M / G)``, i = 0..G-1, M = K'·n_valid. With K' = K heads the
+      kept queries repeat from head to head, and on a grid whose width divides N / G they
+      fall in one column: on an 8×8 grid with K = 4 and G = 16, every group's query is a cell
+      of the first column (the background of a centred object).
+    * ``"spread"``: G query cells spread over the input, heads taken in turn (candidate i uses
+      head ``i mod K'``). On a cell grid whose cells are all valid, the queries are the centres
+      of a gh × gw lattice (gh·gw ≥ G, shaped like the grid; the G kept evenly along it); for
+      sequences, the valid cells at ranks ``floor((i + ½) · n_valid / G)``. Training one head
+      at a time (K' = 1) uses the same queries as evaluation with all heads.
+    """
+    if scheme not in CANDIDATE_SCHEMES:
+        raise ConfigError(f"candidate scheme must be one of {', '.join(CANDIDATE_SCHEMES)}, got {scheme!r}")
+    B, N = valid.shape
+    device = valid.device
+    n_valid = valid.sum(-1)  # (B,)
+    i = torch.arange(num_groups, device=device)
+    # the rank-th valid cell of each input: valid cells first, in their order
+    order = torch.sort((~valid).to(torch.int8), dim=-1, stable=True).indices  # (B, N)
+    if scheme == "paper":
+        M = num_heads * n_valid  # (B,)
+        j = (i[None, :] * M[:, None]) // num_groups  # (B, G)
+        head, rank = j // n_valid[:, None], j % n_valid[:, None]
+        return head, torch.gather(order, 1, rank)
+    head = (i % num_heads)[None, :].expand(B, num_groups)
+    if grid is not None and grid[0] * grid[1] == N and bool(valid.all()):
+        query = torch.tensor(lattice_cells(grid, num_groups), device=device)[None, :].expand(B, num_groups)
+        return head, query
+    rank = torch.minimum(((2 * i[None, :] + 1) * n_valid[:, None]) // (2 * num_groups), n_valid[:, None] - 1)
+    return head, torch.gather(order, 1, rank)
+
+
+def lattice_cells(grid: tuple[int, int], count: int) -> list[int]:
+    """``count`` cells of an ``h × w`` grid spread over it: centres of a gh × gw lattice (row-major ids).
+
+    gh·gw is the smallest product ≥ ``count`` with gh ≤ h, gw ≤ w (ties: the lattice shaped most
+    like the grid); when it exceeds ``count``, the cells kept are evenly spaced along the lattice.
+    Cells repeat only when ``count`` > h·w.
+    """
+    h, w = grid
+    if count > h * w:
+        return [(k * h * w) // count for k in range(count)]
+    best = None
+    for gh in range(1, h + 1):
+        gw = -(-count // gh)
+        if gw > w:
+            continue
+        key = (gh * gw - count, abs(gh / gw - h / w))
+        if best is None or key < best[0]:
+            best = (key, gh, gw)
+    _, gh, gw = best
+    rows = [((2 * r + 1) * h) // (2 * gh) for r in range(gh)]
+    cols = [((2 * c + 1) * w) // (2 * gw) for c in range(gw)]
+    cells = [r * w + c for r in rows for c in cols]
+    L = len(cells)
+    return [cells[((2 * k + 1) * L) // (2 * count)] for k in range(count)]
 
 
 def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,13 +178,8 @@ def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tu
     one). The mask carries no gradient; the scale ``c = Σ_top a − Σ_rest a = 2 Σ_top a − 1``
     does, and multiplies the group's logits.
     """
-    n_valid = valid.sum(-1)  # (B,)
-    k = torch.clamp(torch.floor(tau * n_valid.to(torch.float64) + 1e-9).to(torch.long), min=1)  # (B,)
-    scores = probs.detach().masked_fill(~valid[:, None, :], float("-inf"))
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    masks = ranks < k[:, None, None]
+    k = cell_counts(valid, tau)  # (B,)
+    masks = top_cells(probs, valid[:, None, :], k[:, None])
     return masks, group_scale(probs, masks)
 
 

@@ -5,9 +5,38 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numbers
+
 import torch
 
+from ..errors import InputError
+
 __all__ = ["SOPOutput", "GroupedExplanation", "GroupInfo"]
+
+
+def _index_tensor(target: object, batch: int, device: torch.device) -> torch.Tensor:
+    """An output index for all ``batch`` inputs, or one per input, as a ``(batch,)`` long tensor.
+
+    Only integers are accepted: ``2.9`` (or ``tensor(2.9)``, or ``True``) is refused rather
+    than truncated to class 2.
+    """
+    expected = f"an int or a sequence of {batch} ints"
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return torch.full((batch,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, (bool, float, str, bytes)) or target is None:
+        raise InputError(f"expected target as {expected}, got {target!r}")
+    try:
+        t = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"expected target as {expected}, got {type(target).__name__}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"expected target as {expected} (class indices), got dtype {t.dtype}: "
+                         f"{t.flatten()[:5].tolist()}; a float is not truncated to a class")
+    if t.ndim == 0:
+        return torch.full((batch,), int(t), dtype=torch.long, device=device)
+    if tuple(t.shape) != (batch,):
+        raise InputError(f"expected target as {expected}, got shape {tuple(t.shape)}")
+    return t.to(torch.long)
 
 
 @dataclass
@@ -66,19 +95,16 @@ class SOPOutput:
         return int(self.group_logits.shape[1])
 
     def _targets(self, target: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+        """``(B,)`` long: the output to explain for each input (checked; floats are refused, not truncated)."""
         B, C = self.logits.shape
         if target is None:
             if C > 1 and self.task == "regression":
-                raise ValueError(f"a regression model has {C} outputs: pass target= to say which one to explain")
+                raise InputError(f"a regression model has {C} outputs: pass target= to say which one to explain")
             t = self.logits.argmax(-1)
-        elif isinstance(target, int) or (isinstance(target, torch.Tensor) and target.ndim == 0):
-            t = torch.full((B,), int(target), dtype=torch.long, device=self.logits.device)
         else:
-            t = torch.as_tensor(target, dtype=torch.long, device=self.logits.device)
-            if t.shape != (B,):
-                raise ValueError(f"expected target as an int or a sequence of {B} ints, got shape {tuple(t.shape)}")
+            t = _index_tensor(target, B, self.logits.device)
         if bool(((t < 0) | (t >= C)).any()):
-            raise ValueError(f"target must be in [0, {C}), got {t.tolist()}")
+            raise InputError(f"target must be in [0, {C}), got {t.tolist()}")
         return t
 
     def attribution_map(self, target: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:

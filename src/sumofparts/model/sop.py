@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from ..backbones import ADAPTERS, BackboneAdapter, adapter_from_spec
-from ..io import atomic_directory, atomic_write_json, load_tensors, read_json, save_tensors
+from ..errors import CheckpointError, ConfigError, InputError, InputTypeError, MissingFileError
+from ..io import atomic_directory, atomic_write_json, load_tensors, read_json, recover_directory, save_tensors
 from .config import SOPConfig
 from .generator import GroupGenerator, binarise_top_tau, sample_candidates
 from .output import GroupedExplanation, SOPOutput
@@ -40,21 +42,12 @@ class SumOfParts(nn.Module):
     def __init__(self, adapter: BackboneAdapter, config: SOPConfig | None = None):
         super().__init__()
         if not isinstance(adapter, BackboneAdapter):
-            raise TypeError(f"expected a BackboneAdapter, got {type(adapter).__name__}")
+            raise InputTypeError(f"expected a BackboneAdapter, got {type(adapter).__name__}")
         config = config or SOPConfig()
         config = config.replace(backbone=adapter.spec())
         self.config = config
         self.backbone = adapter
-        if adapter.cell_grid is not None:
-            n = adapter.cell_grid[0] * adapter.cell_grid[1]
-            if int(config.tau * n + 1e-9) < 1:
-                raise ValueError(f"tau={config.tau} keeps floor(tau*N) = 0 of the N={n} cells; "
-                                 f"expected tau >= {1 / n:.4g}")
-            per_head = n if config.sequential_heads else config.num_heads * n
-            if config.num_groups > per_head:
-                raise ValueError(
-                    f"num_groups={config.num_groups} is more than the {per_head} candidate groups "
-                    f"({'one head' if config.sequential_heads else f'{config.num_heads} heads'} x {n} cells)")
+        _check_config_fits_adapter(config, adapter)
         self.generator = GroupGenerator(
             adapter.make_encoder(), dim=adapter.encoder_dim, num_heads=config.num_heads,
             attn_dim=config.generator_dim or adapter.encoder_dim, scale=config.generator_scale,
@@ -63,7 +56,7 @@ class SumOfParts(nn.Module):
         self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale)
         C = adapter.num_outputs
         if config.base_value is not None and len(config.base_value) != C:
-            raise ValueError(f"base_value has {len(config.base_value)} entries; expected one per output ({C})")
+            raise ConfigError(f"base_value has {len(config.base_value)} entries; expected one per output ({C})")
         base = torch.zeros(C) if config.base_value is None else torch.tensor(config.base_value, dtype=torch.float32)
         # a buffer that is not saved: the config is where the base value lives
         self.register_buffer("_base_value", base, persistent=False)
@@ -81,11 +74,19 @@ class SumOfParts(nn.Module):
         adapter_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
         if isinstance(adapter, str):
             if adapter not in ADAPTERS:
-                raise ValueError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)} "
-                                 "or a BackboneAdapter instance")
-            adapter = ADAPTERS[adapter](model, **adapter_kwargs)
+                raise ConfigError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)} "
+                                  "or a BackboneAdapter instance")
+            adapter_cls = ADAPTERS[adapter]
+            accepted = [n for n, p in inspect.signature(adapter_cls.__init__).parameters.items()
+                        if p.kind == p.KEYWORD_ONLY]
+            unknown = sorted(k for k in adapter_kwargs if k not in accepted)
+            if unknown:
+                raise ConfigError(f"unknown arguments {unknown}: neither SOPConfig fields ({', '.join(sorted(fields))}) "
+                                  f"nor arguments of {adapter_cls.__name__} ({', '.join(accepted)})")
+            adapter = adapter_cls(model, **adapter_kwargs)
         elif adapter_kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(adapter_kwargs)}")
+            raise ConfigError(f"unknown arguments {sorted(adapter_kwargs)}: with an adapter instance, only SOPConfig "
+                              f"fields may be passed ({', '.join(sorted(fields))})")
         return cls(adapter, config)
 
     # -- the model ----------------------------------------------------------------------------
@@ -120,18 +121,19 @@ class SumOfParts(nn.Module):
         """The G candidate groups as distributions over cells ``(B, G, N)``, and the valid cells ``(B, N)``.
 
         The generator's K' attention maps give K'·n_valid candidates per input (one per head
-        and valid query cell); ``sample_candidates`` keeps G of them, evenly spaced.
+        and valid query cell); ``sample_candidates`` keeps G of them (``config.candidate_queries``:
+        the paper's evenly spaced (head, query) pairs, or queries spread over the input).
         """
         cfg = self.config
-        if head is not None and not 0 <= head < cfg.num_heads:
-            raise ValueError(f"head must be in [0, {cfg.num_heads}), got {head}")
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < cfg.num_heads):
+            raise ConfigError(f"head must be in [0, {cfg.num_heads}) (an integer) or None, got {head!r}")
         valid = self.backbone.valid_cells(inputs)  # (B, N)
         attn = self.generator(inputs, valid, None if head is None else [head])  # (B, K', N, N)
-        if self.backbone.cell_grid is not None:
-            available = attn.shape[1] * attn.shape[2]
-            if cfg.num_groups > available:
-                raise ValueError(f"num_groups={cfg.num_groups} is more than the {available} candidate groups")
-        return sample_candidates(attn, valid, cfg.num_groups), valid
+        candidates = attn.shape[1] * attn.shape[2]  # K' heads x N cells
+        if cfg.num_groups > candidates:
+            raise ConfigError(f"num_groups={cfg.num_groups} is more than the {candidates} candidate groups")
+        return sample_candidates(attn, valid, cfg.num_groups, scheme=cfg.candidate_queries,
+                                 grid=self.backbone.cell_grid), valid
 
     def forward_masks(self, inputs: Any, masks: torch.Tensor, scale: torch.Tensor) -> SOPOutput:
         """SOP's prediction from given groups: ``masks (B, G, N)`` bool and scales ``c (B, G)``.
@@ -143,9 +145,9 @@ class SumOfParts(nn.Module):
         insertion/deletion curves call it with groups re-made at each fraction.
         """
         if masks.ndim != 3 or masks.dtype != torch.bool:
-            raise ValueError(f"expected masks as a bool tensor (B, G, N), got {tuple(masks.shape)} {masks.dtype}")
+            raise InputError(f"expected masks as a bool tensor (B, G, N), got {tuple(masks.shape)} {masks.dtype}")
         if tuple(scale.shape) != tuple(masks.shape[:2]):
-            raise ValueError(f"expected scale of shape {tuple(masks.shape[:2])} (B, G), got {tuple(scale.shape)}")
+            raise InputError(f"expected scale of shape {tuple(masks.shape[:2])} (B, G), got {tuple(scale.shape)}")
         # the masks carry no gradient and the backbone is frozen: no graph through it
         with torch.no_grad():
             group_logits, z = self.backbone.forward_groups(inputs, masks)
@@ -188,10 +190,10 @@ class SumOfParts(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically."""
+        """Write ``config.json`` (with its format version) and ``model.safetensors`` into ``directory`` atomically."""
         directory = Path(directory)
         with atomic_directory(directory) as tmp:
-            atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
+            atomic_write_json(tmp / CONFIG_NAME, self.config.to_file_dict())
             save_tensors(tmp / WEIGHTS_NAME, self.state_dict(), metadata={"format": "sumofparts"})
         return directory
 
@@ -200,39 +202,85 @@ class SumOfParts(nn.Module):
                         device: str | torch.device = "cpu") -> "SumOfParts":
         """Load a model written by :meth:`save_pretrained`.
 
-        ``backbone``: the backbone module to fill with the saved weights; ``None`` rebuilds
-        it from the saved spec (Hugging Face config, or the CNN's class).
+        ``backbone``: the backbone module to fill with the saved weights. ``None`` rebuilds
+        it from the saved spec, but only a registered backbone class or an allow-listed
+        Hugging Face class with checked, bounded arguments; nothing named by the file is
+        imported (docs/security.md). Anything else raises
+        :class:`~sumofparts.errors.UnsafeCheckpointError`: build the model yourself and pass
+        it, ``SumOfParts.from_pretrained(directory, backbone=model)``.
+
+        The config is read strictly: every field that changes the computation must be
+        present with its type; the weights must match the model's names, shapes and dtypes.
         """
         directory = Path(directory)
+        recover_directory(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"expected a checkpoint directory at {directory}, found nothing there")
+            raise MissingFileError(f"expected a checkpoint directory at {directory}, found nothing there")
         missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / n).is_file()]
         if missing:
-            raise FileNotFoundError(f"checkpoint directory {directory} is missing {', '.join(missing)} "
-                                    f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        config = SOPConfig.from_dict(read_json(directory / CONFIG_NAME))
+            raise MissingFileError(f"checkpoint directory {directory} is missing {', '.join(missing)} "
+                                   f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        config_file = directory / CONFIG_NAME
+        config = SOPConfig.from_file_dict(read_json(config_file), source=str(config_file))
         if not config.backbone:
-            raise ValueError(f"{directory / CONFIG_NAME} has no 'backbone' spec; cannot rebuild the adapter")
-        adapter = adapter_from_spec(config.backbone, model=backbone)
+            raise CheckpointError(f"{config_file} has an empty 'backbone' spec; cannot rebuild the adapter")
+        adapter = adapter_from_spec(config.backbone, model=backbone, where=f"{config_file}: ")
         model = cls(adapter, config)
         model.load_weights(directory / WEIGHTS_NAME)
         return model.to(device)
 
     def load_weights(self, path: str | Path) -> None:
-        """Load a ``model.safetensors`` into this model, checking names and shapes first."""
+        """Load a ``model.safetensors`` into this model, checking names, shapes and dtypes first.
+
+        Raises :class:`~sumofparts.errors.CheckpointError` naming the file and the tensors
+        that do not fit (missing, unexpected, another shape or another dtype), and
+        :class:`~sumofparts.errors.CorruptFileError` for a truncated or corrupt file.
+        """
         tensors = load_tensors(path)
-        own = self.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        unexpected = sorted(set(tensors) - set(own))
-        mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-                      for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        problems = _weight_problems(tensors, self.state_dict())
         if problems:
-            raise ValueError(f"{path} does not fit this model: " + "; ".join(problems))
+            raise CheckpointError(f"{path} does not fit this model: " + "; ".join(problems))
         self.load_state_dict(tensors, strict=True)
+
+
+def _weight_problems(tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``tensors`` from loading into a model whose state dict is ``own``."""
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    common = [k for k in own if k in tensors]
+    mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in common if tuple(tensors[k].shape) != tuple(own[k].shape)]
+    dtypes = [f"{k}: checkpoint {tensors[k].dtype} vs model {own[k].dtype}"
+              for k in common if tensors[k].dtype != own[k].dtype]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+    if dtypes:
+        problems.append(f"{len(dtypes)} dtype mismatches (e.g. {'; '.join(dtypes[:3])})")
+    return problems
+
+
+def _check_config_fits_adapter(config: SOPConfig, adapter: BackboneAdapter) -> None:
+    """Refuse a config the adapter's cells cannot serve: too small a tau, too many groups, blur without a grid.
+
+    With ``N = adapter.max_cells`` (the grid's size, or the position table's length for
+    sequences): a group of an image holds ``floor(tau * N) >= 1`` cells, and there are at
+    most ``K' * N`` candidate groups (``K' = 1`` with sequential heads, else ``K``).
+    """
+    n = adapter.max_cells
+    if n is not None:
+        if adapter.cell_grid is not None and int(config.tau * n + 1e-9) < 1:
+            raise ConfigError(f"tau={config.tau} keeps floor(tau*N) = 0 of the N={n} cells; "
+                              f"expected tau >= {1 / n:.4g}")
+        per_head = n if config.sequential_heads else config.num_heads * n
+        if config.num_groups > per_head:
+            heads = "one head" if config.sequential_heads else f"{config.num_heads} heads"
+            raise ConfigError(f"num_groups={config.num_groups} is more than the {per_head} candidate groups "
+                              f"({heads} x {n} cells)")
+    if config.blur_kernel and adapter.cell_grid is None:
+        raise ConfigError(f"blur_kernel={config.blur_kernel} needs a cell grid: blur is for image backbones only "
+                          "(set blur_kernel=0)")

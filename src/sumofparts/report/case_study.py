@@ -51,8 +51,10 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ..io import atomic_write_json, atomic_write_text  # noqa: E402
 from .figures import _to_numpy, save_figure  # noqa: E402
+from ..errors import InputError
 
 __all__ = [
+    "MIN_R2",
     "EXCLUSIVE_KINDS",
     "INCLUSIVE_KINDS",
     "classify_groups",
@@ -75,33 +77,33 @@ def _check(maps: Any, masks: Any, weights: Any | None = None) -> tuple[np.ndarra
     m = _to_numpy(maps, "maps").astype(np.float64)
     if m.ndim == 4:
         if m.shape[1] != 1:
-            raise ValueError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) (one channel) or (n, H, W)")
+            raise InputError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) (one channel) or (n, H, W)")
         m = m[:, 0]
     elif m.ndim != 3:
-        raise ValueError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) or (n, H, W)")
+        raise InputError(f"maps has shape {tuple(m.shape)}; expected (n, 1, H, W) or (n, H, W)")
     if not np.all(np.isfinite(m)):
-        raise ValueError("maps hold non-finite values")
+        raise InputError("maps hold non-finite values")
     g = _to_numpy(masks, "masks")
     n, H, W = m.shape
     if g.ndim != 4 or g.shape[0] != n or tuple(g.shape[2:]) != (H, W):
-        raise ValueError(f"masks has shape {tuple(g.shape)}; expected (n, G, H, W) = ({n}, G, {H}, {W}) to match "
+        raise InputError(f"masks has shape {tuple(g.shape)}; expected (n, G, H, W) = ({n}, G, {H}, {W}) to match "
                          f"maps {tuple(_to_numpy(maps, 'maps').shape)}")
     if g.dtype != bool:
         if not np.all((g == 0) | (g == 1)):
-            raise ValueError("masks must be boolean (or 0/1)")
+            raise InputError("masks must be boolean (or 0/1)")
         g = g.astype(bool)
     if not g.reshape(n, g.shape[1], -1).any(-1).all():
-        raise ValueError("every group mask must cover at least one pixel")
+        raise InputError("every group mask must cover at least one pixel")
     w = None
     if weights is not None:
         w = _to_numpy(weights, "weights").astype(np.float64)
         if w.ndim == 2:
             w = w[..., None]
         if w.ndim != 3 or w.shape[:2] != g.shape[:2]:
-            raise ValueError(f"weights has shape {tuple(w.shape)}; expected (n, G, outputs) = "
+            raise InputError(f"weights has shape {tuple(w.shape)}; expected (n, G, outputs) = "
                              f"({n}, {g.shape[1]}, outputs)")
         if not np.all(np.isfinite(w)) or (w < 0).any():
-            raise ValueError("weights must be finite and non-negative (the selector's sparsemax weights)")
+            raise InputError("weights must be finite and non-negative (the selector's sparsemax weights)")
     return m, g, w
 
 
@@ -119,7 +121,7 @@ def classify_groups(maps: Any, masks: Any, *, cluster_sigma: float = 3.0,
     :data:`EXCLUSIVE_KINDS`).
     """
     if not high_sigma > cluster_sigma:
-        raise ValueError(f"high_sigma ({high_sigma}) must be above cluster_sigma ({cluster_sigma})")
+        raise InputError(f"high_sigma ({high_sigma}) must be above cluster_sigma ({cluster_sigma})")
     m, g, _ = _check(maps, masks)
     sigma = m.reshape(len(m), -1).std(1)
     sigma = np.where(sigma > 0, sigma, 1.0)
@@ -223,17 +225,24 @@ def bootstrap_shares(weights: Any, labels: dict[str, np.ndarray], *, n_boot: int
     return {"level": level, "n_boot": int(n_boot), "seed": seed, "shares": shares, "differences": diffs}
 
 
+#: a conclusion about an output is drawn only when SOP predicts it at least this well (R² on the maps used)
+MIN_R2 = 0.7
+
+
 def case_study(maps: Any, masks: Any, weights: Any, *, output_names: Sequence[str] = ("Omega_m", "sigma_8"),
-               cluster_sigma: float = 3.0, high_sigma: float = 5.0, n_boot: int = 1000, seed: int = 0) -> dict:
+               cluster_sigma: float = 3.0, high_sigma: float = 5.0, n_boot: int = 1000, seed: int = 0,
+               r2: Sequence[float] | None = None, min_r2: float = MIN_R2) -> dict:
     """Classify the groups, share the weight by kind, histogram it, bootstrap it, conclude.
 
     ``maps (n, 1, H, W)``, ``masks (n, G, H, W)``, ``weights (n, G, O)`` (O outputs, named
     by ``output_names``; the comparisons assume output 0 is Omega_m and 1 is sigma_8).
-    Returns a JSON-ready dict (see :func:`case_study_markdown` for a reading of it).
+    ``r2``: SOP's R² per output on these maps; a claim about an output whose R² is below
+    ``min_r2`` is not stated (what a model that cannot predict a parameter weighs says
+    nothing about that parameter). Returns a JSON-ready dict (see :func:`case_study_markdown`).
     """
     m, g, w = _check(maps, masks, weights)
     if w.shape[-1] != len(output_names):
-        raise ValueError(f"weights has {w.shape[-1]} outputs but output_names has {len(output_names)}")
+        raise InputError(f"weights has {w.shape[-1]} outputs but output_names has {len(output_names)}")
     labels = classify_groups(m, g, cluster_sigma=cluster_sigma, high_sigma=high_sigma)
     n, G = labels["kind"].shape
     counts = {k: int(s.sum()) for k, s in _selectors(labels).items()}
@@ -256,7 +265,11 @@ def case_study(maps: Any, masks: Any, weights: Any, *, output_names: Sequence[st
         "histograms": weight_histograms(w, labels),
         "bins": _BINS.tolist(),
         "bootstrap": bootstrap_shares(w, labels, n_boot=n_boot, seed=seed),
+        "r2": None if r2 is None else [float(v) for v in r2],
+        "min_r2": float(min_r2),
     }
+    if r2 is not None and len(result["r2"]) != len(output_names):
+        raise InputError(f"r2 has {len(result['r2'])} values but there are {len(output_names)} outputs")
     result["verdict"] = verdict(result)
     return result
 
@@ -277,27 +290,46 @@ def verdict(result: dict) -> dict[str, Any]:
     names = result["output_names"]
     diffs = result["bootstrap"]["differences"]
     shares = result["shares"]
+    r2, min_r2 = result.get("r2"), result.get("min_r2", MIN_R2)
+    weak = [j for j in range(len(names)) if r2 is not None and not r2[j] >= min_r2]
+
+    def gated(outputs: Sequence[int], answer: str) -> str:
+        bad = [j for j in outputs if j in weak]
+        if bad:
+            return "not stated: " + ", ".join(f"SOP's R² for {names[j]} is {r2[j]:.2f} < {min_r2:g}" for j in bad)
+        return answer
+
     claims = {}
     if len(names) >= 2 and diffs:
         per = [_sig(diffs[f"output {j}: void - cluster"]) for j in range(2)]
-        claims["voids dominate (void share > cluster share, both outputs)"] = (
-            "yes" if per == ["yes", "yes"] else "no" if "no" in per else "unclear")
-        claims["voids weigh more for Omega_m than for sigma_8"] = _sig(diffs["void: Omega_m - sigma_8"])
-        claims["clusters weigh more for sigma_8 than for Omega_m"] = _sig(diffs["cluster: sigma_8 - Omega_m"])
-        claims["high-significance clusters weigh more for sigma_8"] = _sig(
-            diffs["high-significance cluster: sigma_8 - Omega_m"])
+        claims["voids dominate (void share > cluster share, both outputs)"] = gated(
+            (0, 1), "yes" if per == ["yes", "yes"] else "no" if "no" in per else "unclear")
+        claims["voids weigh more for Omega_m than for sigma_8"] = gated((0, 1), _sig(diffs["void: Omega_m - sigma_8"]))
+        claims["clusters weigh more for sigma_8 than for Omega_m"] = gated(
+            (0, 1), _sig(diffs["cluster: sigma_8 - Omega_m"]))
+        claims["high-significance clusters weigh more for sigma_8"] = gated(
+            (0, 1), _sig(diffs["high-significance cluster: sigma_8 - Omega_m"]))
+        for j in range(2):
+            claims[f"voids weigh more than clusters for {names[j]}"] = gated((j,), per[j])
+    stated = {k: v for k, v in claims.items() if not v.startswith("not stated")}
     all_yes = bool(claims) and all(v == "yes" for v in claims.values())
     lines = []
     for j, name in enumerate(names):
+        if j in weak:
+            lines.append(f"{name}: no conclusion (SOP's R² {r2[j]:.2f} is below {min_r2:g}).")
+            continue
         lines.append(f"{name}: voids get {shares['any void'][j]:.1%} of the weight, clusters "
                      f"{shares['any cluster'][j]:.1%} (high-significance {shares['high-significance cluster'][j]:.1%}),"
                      f" neither {shares['neither'][j]:.1%}.")
     if all_yes:
         summary = "The maps reproduce the blog's finding: " + " ".join(lines)
     else:
-        failed = [k for k, v in claims.items() if v != "yes"]
-        summary = ("The maps do not fully reproduce the blog's finding; not supported: " + "; ".join(
-            f"{k} ({claims[k]})" for k in failed) + ". What the data shows instead: " + " ".join(lines))
+        failed = [k for k, v in stated.items() if v != "yes"]
+        summary = ("The maps do not fully reproduce the blog's finding; "
+                   + (("not supported: " + "; ".join(f"{k} ({claims[k]})" for k in failed) + ". ") if failed else "")
+                   + (f"Not stated for want of accuracy: {len(claims) - len(stated)} of {len(claims)} claims. "
+                      if len(stated) < len(claims) else "")
+                   + "What the data shows instead: " + " ".join(lines))
     return {"claims": claims, "reproduced": all_yes, "summary": summary}
 
 
@@ -355,6 +387,10 @@ def case_study_markdown(result: dict, *, command: str | None = None, figure: str
     lines = ["# Cosmology case study: what SOP's groups weigh", "",
              f"{result['n_maps']} test maps × {result['groups_per_map']} groups "
              f"({result['pixels_per_group_mean']:.0f} pixels per group on average).", "",
+             *(["SOP's accuracy on these maps: " + ", ".join(
+                 f"R² {n} {v:.3f}" for n, v in zip(names, result["r2"]))
+                + f". A conclusion about a parameter is stated only when its R² is at least {result['min_r2']:g}.",
+                ""] if result.get("r2") is not None else []),
              "Definitions: " + "; ".join(f"**{k}**: {v}" for k, v in result["definitions"].items()) + ".", "",
              f"## Share of total selector weight ({lvl}% bootstrap interval over maps, {boot['n_boot']} resamples)",
              "", "| kind | groups | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -403,22 +439,26 @@ def run_case_study(sop, data, out_dir: str | Path, *, n: int | None = None, batc
     total = len(data.test)
     n = total if n is None else min(int(n), total)
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     sop.eval()
-    maps, masks, weights = [], [], []
+    maps, masks, weights, preds, targets = [], [], [], [], []
     with torch.no_grad():
         for start in range(0, n, batch_size):
             items = [data.test[i] for i in range(start, min(n, start + batch_size))]
             x = torch.stack([it[0] for it in items])
             if x.ndim != 4 or x.shape[1] != 1:
-                raise ValueError(f"the case study needs one-channel maps (B, 1, H, W); the task gives {tuple(x.shape)}")
+                raise InputError(f"the case study needs one-channel maps (B, 1, H, W); the task gives {tuple(x.shape)}")
             out = sop(x)
             maps.append(x.cpu())
             masks.append(out.input_masks.cpu())
             weights.append(out.group_weights.cpu())
+            preds.append(out.logits.cpu())
+            targets.append(torch.stack([torch.as_tensor(it[1]) for it in items]).float())
     names = list(getattr(data, "output_names", None) or ["Omega_m", "sigma_8"])
+    pred, target = torch.cat(preds).double(), torch.cat(targets).double().view(len(torch.cat(preds)), -1)
+    r2 = (1 - ((pred - target) ** 2).sum(0) / ((target - target.mean(0)) ** 2).sum(0).clamp_min(1e-12)).tolist()
     result = case_study(torch.cat(maps), torch.cat(masks), torch.cat(weights), output_names=names,
-                        cluster_sigma=cluster_sigma, high_sigma=high_sigma, n_boot=n_boot, seed=seed)
+                        cluster_sigma=cluster_sigma, high_sigma=high_sigma, n_boot=n_boot, seed=seed, r2=r2)
     result["command"] = command or " ".join(["sop"] + sys.argv[1:])
     result["task"] = getattr(data, "name", None)
     result["units"] = "maps as given to the model (the cosmology task: kappa / KAPPA_NORM); the rules are scale-free"

@@ -13,6 +13,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..cli_types import NONNEGATIVE_INT, POSITIVE_INT
+from ..errors import ConfigError
+
 __all__ = ["register", "write_task_report", "default_report_methods", "method_callables"]
 
 #: post-hoc methods shown by default (those of them that the attribution registry has)
@@ -101,6 +104,11 @@ def write_task_report(task_name: str, sop, data, out_dir: str | Path, results: M
         methods = method_callables(list(methods), sop.backbone, seed, notes)
     payload = collect_payload(sop, data, n_examples=n_examples, methods=methods, eval_tables=eval_tables,
                               results=results, target=target, notes=notes, command=command)
+    from ..segmentation.report import segmentation_payload
+    payload["segmentation"] = segmentation_payload(out_dir)  # what `sop segment` wrote there, if anything
+    from ..analysis.html import analysis_payload  # concepts/ and compare/ of the run, if written
+
+    payload["analysis"] = analysis_payload(out_dir)
     if figures_dir is not None:
         from .html import save_example_figures
 
@@ -144,7 +152,7 @@ def _command(prefix: list[str], args: argparse.Namespace, flags: Sequence[tuple[
 def _cmd_report(args: argparse.Namespace) -> int:
     _threads(args.threads)
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
     run_dir = Path("sop-runs") / args.task
     checkpoint = args.checkpoint or run_dir / "sop" / "best"
     out = args.out or run_dir / "report.html"
@@ -176,7 +184,7 @@ def _cmd_case_study(args: argparse.Namespace) -> int:
     out = args.out or run_dir / "case_study"
     sop, data = _load(args.task, checkpoint, args.size, args.seed, args.cache_dir, not args.no_progress)
     if data.kind != "regression" or len(data.output_names) != 2:
-        raise ValueError(f"the case study needs the cosmology task (two regression outputs Omega_m, sigma_8); "
+        raise ConfigError(f"the case study needs the cosmology task (two regression outputs Omega_m, sigma_8); "
                          f"{args.task!r} is {data.kind} with outputs {data.output_names}")
     command = _command(["sop", "case-study"], args,
                        [("--task", "task"), ("--checkpoint", "checkpoint"), ("--out", "out"), ("--n", "n"),
@@ -199,20 +207,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="task name (see `sop tasks`)")
     p.add_argument("--checkpoint", type=Path, default=None, help="SOP checkpoint (default: sop-runs/TASK/sop/best)")
     p.add_argument("--out", type=Path, default=None, help="HTML file to write (default: sop-runs/TASK/report.html)")
-    p.add_argument("--n", type=int, default=8, help="test items in the explorer, the first N (default: %(default)s)")
+    p.add_argument("--n", type=POSITIVE_INT, default=8, help="test items in the explorer, the first N (default: %(default)s)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="post-hoc methods to show (registry names, e.g. intgrad gradcam lime; 'none' for none; "
                         "default: a fast set for the backbone)")
     p.add_argument("--results", type=Path, default=None,
                    help="directory with results.json and evaluation/evaluation.json (default: sop-runs/TASK)")
-    p.add_argument("--target", type=int, default=None,
+    p.add_argument("--target", type=NONNEGATIVE_INT, default=None,
                    help="output to explain (default: the predicted class; output 0 for regression)")
     p.add_argument("--figures", type=Path, default=None,
                    help="also save every figure (groups, attributions, methods, curves) as PNG + SVG in this folder")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="data seed and methods' seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="data seed and methods' seed (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_report)
 
@@ -224,14 +232,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="cosmology", help="task name (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, default=None, help="SOP checkpoint (default: sop-runs/TASK/sop/best)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/case_study)")
-    p.add_argument("--n", type=int, default=None, help="use the first N test maps (default: all)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--n", type=POSITIVE_INT, default=None, help="use the first N test maps (default: all)")
+    p.add_argument("--n-boot", type=POSITIVE_INT, default=1000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--cluster-sigma", type=float, default=3.0, help="cluster threshold in map sigmas (default: 3)")
     p.add_argument("--high-sigma", type=float, default=5.0,
                    help="high-significance cluster threshold in map sigmas (default: 5)")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="data seed and bootstrap seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="data seed and bootstrap seed (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_case_study)

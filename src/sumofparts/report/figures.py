@@ -44,6 +44,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..io import atomic_write_bytes  # noqa: E402
+from ..errors import InputError, InputTypeError
 
 __all__ = [
     "AGREE_COLOR",
@@ -81,7 +82,7 @@ _GROUP_HIGHLIGHT = "#fdd835"
 # -- input checks -------------------------------------------------------------------------------
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     if x is None:
-        raise TypeError(f"{name} is None; expected an array")
+        raise InputTypeError(f"{name} is None; expected an array")
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bool":
@@ -92,7 +93,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - defensive
-        raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from exc
+        raise InputTypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from exc
 
 
 def _shape(a: np.ndarray) -> str:
@@ -110,7 +111,7 @@ def as_display_image(image: Any, name: str = "image") -> np.ndarray:
     if a.dtype == bool:
         a = a.astype(np.float32)
     if not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+        raise InputTypeError(f"{name} must hold numbers, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if a.ndim == 2:
         out = a
@@ -118,21 +119,21 @@ def as_display_image(image: Any, name: str = "image") -> np.ndarray:
         if a.shape[0] in (1, 3):
             out = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
         elif a.shape[-1] in (1, 3, 4):
-            raise ValueError(
+            raise InputError(
                 f"{name} has shape {_shape(a)}, which looks like (H, W, C); expected (C, H, W) = "
                 f"({a.shape[-1]}, {a.shape[0]}, {a.shape[1]}) or (H, W). Move the channel axis first "
                 f"(tensor.permute(2, 0, 1) or np.moveaxis(array, -1, 0)).")
         else:
-            raise ValueError(f"{name} has shape {_shape(a)}; expected (C, H, W) with C = 1 or 3, or (H, W)")
+            raise InputError(f"{name} has shape {_shape(a)}; expected (C, H, W) with C = 1 or 3, or (H, W)")
     elif a.ndim == 4:
-        raise ValueError(f"{name} has shape {_shape(a)}, a batch; expected one image (C, H, W) or (H, W): "
+        raise InputError(f"{name} has shape {_shape(a)}, a batch; expected one image (C, H, W) or (H, W): "
                          f"pass image[i]")
     else:
-        raise ValueError(f"{name} has shape {_shape(a)}; expected (C, H, W) with C = 1 or 3, or (H, W)")
+        raise InputError(f"{name} has shape {_shape(a)}; expected (C, H, W) with C = 1 or 3, or (H, W)")
     if min(out.shape[:2]) < 1:
-        raise ValueError(f"{name} has shape {_shape(a)}: an empty image")
+        raise InputError(f"{name} has shape {_shape(a)}: an empty image")
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+        raise InputError(f"{name} holds non-finite values (NaN or inf)")
     return out
 
 
@@ -148,16 +149,16 @@ def check_masks(masks: Any, size: tuple[int, ...], name: str = "masks") -> np.nd
         hint = ""
         if m.ndim == len(size) and tuple(m.shape) == tuple(size):
             hint = " (a single mask: add a group axis with masks[None])"
-        raise ValueError(f"{name} has shape {_shape(m)}; expected {want}{hint}")
+        raise InputError(f"{name} has shape {_shape(m)}; expected {want}{hint}")
     if tuple(m.shape[1:]) != tuple(size):
         what = "image" if len(size) == 2 else "token sequence"
-        raise ValueError(f"{name} have size {tuple(m.shape[1:])} but the {what} has size {tuple(size)}: "
+        raise InputError(f"{name} have size {tuple(m.shape[1:])} but the {what} has size {tuple(size)}: "
                          f"expected {want}, got {_shape(m)}")
     if m.shape[0] < 1:
-        raise ValueError(f"{name} has no groups (shape {_shape(m)})")
+        raise InputError(f"{name} has no groups (shape {_shape(m)})")
     if m.dtype != bool:
         if not np.all((m == 0) | (m == 1)):
-            raise ValueError(f"{name} must be boolean (or 0/1); got values other than 0 and 1")
+            raise InputError(f"{name} must be boolean (or 0/1); got values other than 0 and 1")
         m = m.astype(bool)
     return m
 
@@ -166,14 +167,14 @@ def check_vector(values: Any, length: int, name: str, *, integer: bool = False) 
     """A 1-D array of ``length`` finite numbers (integers if ``integer``)."""
     v = _to_numpy(values, name)
     if v.ndim != 1 or v.shape[0] != length:
-        raise ValueError(f"{name} has shape {_shape(v)}; expected ({length},), one value per group")
+        raise InputError(f"{name} has shape {_shape(v)}; expected ({length},), one value per group")
     if integer:
         if not (np.issubdtype(v.dtype, np.integer) or np.all(np.mod(v, 1) == 0)):
-            raise ValueError(f"{name} must hold class indices (integers), got {v.tolist()}")
+            raise InputError(f"{name} must hold class indices (integers), got {v.tolist()}")
         return v.astype(np.int64)
     v = v.astype(np.float64)
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} holds non-finite values")
+        raise InputError(f"{name} holds non-finite values")
     return v
 
 
@@ -184,16 +185,16 @@ def _attr_map(attribution: Any, size: tuple[int, int], name: str) -> np.ndarray:
         if a.shape[1:] == tuple(size):
             a = a.sum(0)
         elif a.shape[:2] == tuple(size):
-            raise ValueError(f"{name} has shape {_shape(a)}, which looks like (H, W, C); expected (C, H, W) = "
+            raise InputError(f"{name} has shape {_shape(a)}, which looks like (H, W, C); expected (C, H, W) = "
                              f"(C, {size[0]}, {size[1]}) or (H, W) = {tuple(size)}")
         else:
-            raise ValueError(f"{name} has shape {_shape(a)}; expected (C, {size[0]}, {size[1]}) or {tuple(size)}")
+            raise InputError(f"{name} has shape {_shape(a)}; expected (C, {size[0]}, {size[1]}) or {tuple(size)}")
     elif a.ndim != 2:
-        raise ValueError(f"{name} has shape {_shape(a)}; expected (H, W) = {tuple(size)} or (C, H, W)")
+        raise InputError(f"{name} has shape {_shape(a)}; expected (H, W) = {tuple(size)} or (C, H, W)")
     if a.shape != tuple(size):
-        raise ValueError(f"{name} has size {a.shape} but the image has size {tuple(size)}")
+        raise InputError(f"{name} has size {a.shape} but the image has size {tuple(size)}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+        raise InputError(f"{name} holds non-finite values (NaN or inf)")
     return a
 
 
@@ -293,7 +294,7 @@ def group_figure(image: Any, masks: Any, weights: Any, group_predictions: Any, f
     red when it does not. ``target``: the explained output (its name heads the figure).
     """
     if kind not in ("classification", "regression"):
-        raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
+        raise InputError(f"kind must be 'classification' or 'regression', got {kind!r}")
     img = as_display_image(image)
     H, W = img.shape[:2]
     m = check_masks(masks, (H, W))
@@ -396,7 +397,7 @@ def methods_figure(image: Any, maps: Mapping[str, Any], *, target_name: str | No
     units), so one diverging colour bar from −1 to 1 serves all panels.
     """
     if not isinstance(maps, Mapping) or not maps:
-        raise ValueError("maps must be a non-empty mapping of method name -> attribution map")
+        raise InputError("maps must be a non-empty mapping of method name -> attribution map")
     img = as_display_image(image)
     size = img.shape[:2]
     checked = {str(k): _attr_map(v, size, f"maps[{k!r}]") for k, v in maps.items()}
@@ -441,19 +442,19 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *,
     curves is left out of that panel.
     """
     if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves must be a non-empty mapping of method name -> {'fractions', 'insertion', "
+        raise InputError("curves must be a non-empty mapping of method name -> {'fractions', 'insertion', "
                          "'deletion'}")
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), layout="constrained", sharey=True)
     for name, c in curves.items():
         if not isinstance(c, Mapping) or "fractions" not in c:
-            raise ValueError(f"curves[{name!r}] must be a mapping with 'fractions' and 'insertion'/'deletion'")
+            raise InputError(f"curves[{name!r}] must be a mapping with 'fractions' and 'insertion'/'deletion'")
         x = np.asarray(c["fractions"], dtype=float)
         for ax, key in zip(axes, ("insertion", "deletion")):
             if c.get(key) is None:
                 continue
             y = np.asarray(c[key], dtype=float)
             if y.shape != x.shape:
-                raise ValueError(f"curves[{name!r}][{key!r}] has {y.size} points but 'fractions' has {x.size}")
+                raise InputError(f"curves[{name!r}][{key!r}] has {y.size} points but 'fractions' has {x.size}")
             ax.plot(x, y, marker="o", markersize=3, label=str(name))
     axes[0].set_title("insertion (higher is better)", fontsize=10)
     axes[0].set_xlabel("fraction of cells kept, highest attribution first")
@@ -506,7 +507,7 @@ def _draw_tokens(fig: Figure, tokens: Sequence[str], colours: Sequence[Any], tex
 
 def _check_tokens(tokens: Sequence[str]) -> list[str]:
     if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not tokens:
-        raise ValueError("tokens must be a non-empty list of strings (one per token)")
+        raise InputError("tokens must be a non-empty list of strings (one per token)")
     return [str(t) for t in tokens]
 
 
@@ -565,9 +566,9 @@ def text_attribution_figure(tokens: Sequence[str], scores: Any, *, target_name: 
     toks = _check_tokens(tokens)
     s = _to_numpy(scores, "scores").astype(np.float64)
     if s.ndim != 1 or s.shape[0] != len(toks):
-        raise ValueError(f"scores has shape {_shape(s)}; expected ({len(toks)},), one per token")
+        raise InputError(f"scores has shape {_shape(s)}; expected ({len(toks)},), one per token")
     if not np.all(np.isfinite(s)):
-        raise ValueError("scores holds non-finite values")
+        raise InputError("scores holds non-finite values")
     norm = _symmetric_norm(s)
     cmap = plt.get_cmap(DIVERGING_CMAP)
     fills = [cmap(norm(v)) for v in s]
@@ -609,7 +610,7 @@ def array_data_uri(rgb: Any, scale: int = 1) -> str:
     repeated ``scale`` times along both axes (nearest-neighbour enlargement)."""
     a = _to_numpy(rgb, "rgb")
     if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"rgb has shape {_shape(a)}; expected (H, W, 3)")
+        raise InputError(f"rgb has shape {_shape(a)}; expected (H, W, 3)")
     if a.dtype != np.uint8:
         a = (np.clip(a.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
     if scale > 1:

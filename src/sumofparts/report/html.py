@@ -45,6 +45,8 @@ Payload schema (plain JSON types; every ``*image*``/``thumbnail``/figure value i
         "method_errors": {name: str}
       }],
       "notes": [str],
+      "segmentation": {...} | null,   # `sop segment`'s results (sumofparts.segmentation.report)
+      "analysis": {...} | null,    # concepts and model comparison: see sumofparts.analysis.html
       "generated": {"time": str, "command": str | null, "version": str}
     }
 
@@ -71,6 +73,7 @@ import numpy as np
 
 from ..io import atomic_write_text
 from . import figures as F
+from ..errors import InputError, InputTypeError
 
 __all__ = ["SCHEMA", "build_report", "collect_payload", "render_html", "load_eval_tables", "save_example_figures"]
 
@@ -141,7 +144,7 @@ def load_eval_tables(source: Any) -> dict | None:
                   "faithfulness_columns": source.faithfulness_columns, "notes": source.notes,
                   "curves": source.curves, **meta}
     if not isinstance(source, Mapping):
-        raise TypeError(f"eval_tables must be an EvalTables, a dict or a path, got {type(source).__name__}")
+        raise InputTypeError(f"eval_tables must be an EvalTables, a dict or a path, got {type(source).__name__}")
     return dict(source)
 
 
@@ -254,10 +257,10 @@ def collect_payload(sop, data, *, n_examples: int = 8,
     from .. import __version__
 
     if n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+        raise InputError(f"n_examples must be >= 1, got {n_examples}")
     n = min(int(n_examples), len(data.test))
     if n < 1:
-        raise ValueError("the task's test split is empty")
+        raise InputError("the task's test split is empty")
     items = [data.test[i] for i in range(n)]
     first = items[0][0]
     text = isinstance(first, Mapping)
@@ -284,7 +287,7 @@ def collect_payload(sop, data, *, n_examples: int = 8,
             a = a.detach().cpu().float() if hasattr(a, "detach") else torch.as_tensor(np.asarray(a)).float()
             want = (n, *inputs["input_ids"].shape[1:]) if text else tuple(inputs.shape)
             if tuple(a.shape) != tuple(want) and not (not text and tuple(a.shape) == (n, *inputs.shape[2:])):
-                raise ValueError(f"returned shape {tuple(a.shape)}, expected {tuple(want)}")
+                raise InputError(f"returned shape {tuple(a.shape)}, expected {tuple(want)}")
             method_maps[str(name)] = a
         except Exception as exc:  # noqa: BLE001 - a failing baseline must not stop the report
             method_errors[str(name)] = f"{type(exc).__name__}: {exc}"
@@ -655,10 +658,10 @@ def _kv(d: Mapping[str, Any]) -> str:
 def render_html(payload: Mapping[str, Any]) -> str:
     """The report's HTML text for ``payload`` (see the module docstring for the schema)."""
     if not isinstance(payload, Mapping):
-        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+        raise InputTypeError(f"payload must be a dict, got {type(payload).__name__}")
     missing = [k for k in ("task", "examples") if k not in payload]
     if missing:
-        raise ValueError(f"payload is missing {', '.join(missing)} (see sumofparts.report.html's schema)")
+        raise InputError(f"payload is missing {', '.join(missing)} (see sumofparts.report.html's schema)")
     task = payload["task"]
     esc = _html.escape
     parts = [f"<h1>{esc(payload.get('title') or 'Sum-of-Parts report')}</h1>"]
@@ -695,6 +698,9 @@ def render_html(payload: Mapping[str, Any]) -> str:
     else:
         parts.append('<p class="muted">No evaluation tables: run <code>sop evaluate '
                      f'{esc(str(task.get("name")))}</code> and rebuild the report.</p>')
+    from ..analysis.html import render_analysis  # TCAV and model comparison, when the run has them
+
+    parts.append(render_analysis(payload.get("analysis")))
     parts.append("<h2>Explorer</h2>")
     parts.append(f'<p class="muted">The first {len(payload["examples"])} test items. Click a thumbnail to see its '
                  f'groups (explaining {esc(str(payload.get("explained", "the prediction")))}). Each group is what the '
@@ -707,13 +713,16 @@ def render_html(payload: Mapping[str, Any]) -> str:
                  '</section>')
     parts.append('<h3>SOP attribution</h3><section id="attribution-panel"></section>')
     parts.append('<h3>Post-hoc methods on the same input</h3><section id="methods-panel"></section>')
+    from ..segmentation.report import render_segmentation_section
+    parts.append(render_segmentation_section(payload.get("segmentation")))
     if payload.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(str(n))}</li>" for n in payload["notes"]) + "</ul>")
     gen = payload.get("generated") or {}
     parts.append(f'<p class="muted">Generated {esc(str(gen.get("time", "")))} by sumofparts '
                  f'{esc(str(gen.get("version", "")))}' +
                  (f'; command: <code>{esc(str(gen["command"]))}</code>' if gen.get("command") else "") + ".</p>")
-    blob = json.dumps(_clean(payload), ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+    blob = json.dumps(_clean({k: v for k, v in payload.items() if k != "analysis"}),  # drawn above, not by JS
+                      ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
     css = _CSS % {"agree": F.AGREE_COLOR, "disagree": F.DISAGREE_COLOR}
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, InputError, MissingFileError
+
 __all__ = ["TaskData", "Task", "register_task", "get_task", "available_tasks", "default_cache_dir"]
 
 
@@ -65,6 +67,8 @@ class Task:
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: test items the evaluation of ``sop run`` uses by default.
     eval_n: ClassVar[int] = 100
+    #: ``RobustConfig`` fields of this task's group-robust fine-tune (``sop robust-finetune``).
+    robust_defaults: ClassVar[dict[str, Any]] = {}
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
@@ -79,6 +83,56 @@ class Task:
         """Wrap the backbone in its :class:`~sumofparts.backbones.BackboneAdapter`."""
         raise NotImplementedError
 
+    def augmentation(self) -> Callable[[Any, torch.Generator], Any] | None:
+        """``augment(inputs, generator) -> inputs`` for training batches of this task, or ``None``."""
+        return None
+
+    def robust_trainable(self, model: nn.Module) -> list[str] | None:
+        """Names of the backbone parameters the robust fine-tune may change (``None``: all)."""
+        return None
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        """Write ``model`` to ``path`` (safetensors + JSON sidecar holding ``record``) so that
+        ``load_backbone(data, ..., backbone=str(path))`` reads it back, and so that it can be
+        committed as the task's backbone."""
+        raise NotImplementedError(f"task {self.name!r} cannot save its backbone")
+
+    def concept_sets(self, data: TaskData, adapter, **options: Any):
+        """Concepts made from this task's data for TCAV (``sop concepts``): a
+        :class:`~sumofparts.analysis.tcav.ConceptSets` (see :mod:`sumofparts.tasks.concepts`)."""
+        having = [n for n in available_tasks() if type(get_task(n)).concept_sets is not Task.concept_sets]
+        raise InputError(f"task {self.name!r} defines no concepts for TCAV; tasks that do: {', '.join(having)}")
+
+    def load_backbone_weights(self, data: TaskData, cache_dir: Path, path: Path, *,
+                              backbone: str | None = None) -> nn.Module:
+        """The task's backbone architecture with the weights of a safetensors file, frozen (eval mode).
+
+        The file holds a state dict of the backbone (all its tensors, or some of them: the others
+        keep the task's trained values, and the number loaded is checked to be at least one).
+        Unknown names and shape mismatches are refused, naming them.
+        """
+        from ..io import load_tensors
+
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"no weights file at {path}")
+        model = self.load_backbone(data, cache_dir, backbone=backbone, train_if_missing=False, progress=False)
+        own = model.state_dict()
+        state = load_tensors(path)
+        unknown = sorted(k for k in state if k not in own)
+        if unknown:
+            raise InputError(f"{path} does not hold weights of the {self.name} backbone "
+                             f"({type(model).__name__}): unexpected tensors {unknown[:5]}"
+                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+        if bad:
+            raise InputError(f"{path}: tensors of the wrong shape (file vs backbone): {'; '.join(bad[:5])}")
+        model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items()}})
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}
 
@@ -86,7 +140,7 @@ _REGISTRY: dict[str, Callable[[], Task]] = {}
 def register_task(cls):
     """Class decorator: make a task available to ``get_task`` / the CLI."""
     if not cls.name:
-        raise ValueError(f"task class {cls.__name__} has no name")
+        raise InputError(f"task class {cls.__name__} has no name")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -101,7 +155,7 @@ def available_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     names = available_tasks()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}: expected one of {', '.join(names)}")
+        raise ConfigError(f"unknown task {name!r}: expected one of {', '.join(names)}")
     return _REGISTRY[name]()
 
 

@@ -34,12 +34,16 @@ parameters) is comparable with their 0.009.
 
 Generation is cached under ``cache_dir/cosmology/<size>-<content hash>/`` (``manifest.json`` +
 ``maps.safetensors``, written atomically); the hash covers every generation parameter and the
-generator version, so any change regenerates.
+generator version, so any change regenerates. The manifest also records the SHA-256 of
+``maps.safetensors`` itself (``data_sha256``), checked on every load: flipped bytes, NaNs written
+into the arrays, zeroed targets or a truncated file do not match it, and the data are
+regenerated with a :class:`~sumofparts.errors.CacheWarning`.
 """
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,9 +53,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..io import atomic_directory, atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..errors import CacheWarning, ConfigError, InputError, MissingFileError, SOPError
+from ..io import (atomic_directory, atomic_write_json, content_hash, file_digest, load_tensors, read_json,
+                  save_tensors)
 from .base import Task, TaskData, register_task
-from .cosmology_cnn import CNNTrainConfig, CosmoCNN, count_parameters, evaluate_regression, train_cnn
+from .cosmology_cnn import CNNTrainConfig, CosmoCNN, augment_d4, count_parameters, evaluate_regression, train_cnn
 
 __all__ = [
     "SimulationConfig",
@@ -116,12 +122,12 @@ class SimulationConfig:
 
     def __post_init__(self):
         if self.field_pixels % self.map_pixels:
-            raise ValueError(f"field_pixels ({self.field_pixels}) must be a multiple of "
+            raise ConfigError(f"field_pixels ({self.field_pixels}) must be a multiple of "
                              f"map_pixels ({self.map_pixels})")
         if self.n_cosmologies < 3:
-            raise ValueError(f"need at least 3 cosmologies (one per split), got {self.n_cosmologies}")
+            raise ConfigError(f"need at least 3 cosmologies (one per split), got {self.n_cosmologies}")
         if min(self.omega_m_range) <= self.omega_b:
-            raise ValueError(f"Omega_m must exceed Omega_b={self.omega_b}: range {self.omega_m_range}")
+            raise ConfigError(f"Omega_m must exceed Omega_b={self.omega_b}: range {self.omega_m_range}")
 
     @property
     def maps_per_field(self) -> int:
@@ -367,17 +373,9 @@ def load_or_generate(cache_dir: Path, config: SimulationConfig, *, size: str = "
     Returns ``(arrays, manifest)``; ``manifest["generated"]`` says whether this call generated.
     """
     path = cache_path(cache_dir, config, size)
-    manifest_file, data_file = path / "manifest.json", path / "maps.safetensors"
-    if manifest_file.is_file() and data_file.is_file():
-        try:
-            manifest = read_json(manifest_file)
-            if manifest.get("content_hash") == config.content_hash():
-                arrays = {k: v.numpy() for k, v in load_tensors(data_file).items()}
-                manifest["generated"] = False
-                return arrays, manifest
-            log.warning("cosmology cache %s has a different hash; regenerating", path)
-        except (ValueError, OSError) as exc:  # corrupt cache: regenerate
-            log.warning("cosmology cache %s unreadable (%s); regenerating", path, exc)
+    cached = _read_cache(path, config)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     arrays = generate(config, progress=progress)
     seconds = time.perf_counter() - t0
@@ -396,9 +394,42 @@ def load_or_generate(cache_dir: Path, config: SimulationConfig, *, size: str = "
         save_tensors(tmp / "maps.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v))
                                                 for k, v in arrays.items()},
                      metadata={"content_hash": config.content_hash()})
+        manifest["data_sha256"] = file_digest(tmp / "maps.safetensors")
         atomic_write_json(tmp / "manifest.json", manifest)
     manifest["generated"] = True
     return arrays, manifest
+
+
+def _read_cache(path: Path, config: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The cached arrays and manifest at ``path`` if they can be trusted, else ``None`` (with a warning).
+
+    Trusted means: the manifest's parameter hash is this config's, and the SHA-256 of
+    ``maps.safetensors`` equals the manifest's ``data_sha256`` (so the bytes are the ones
+    that were generated), and the file holds the arrays the manifest lists.
+    """
+    manifest_file, data_file = path / "manifest.json", path / "maps.safetensors"
+    if not (manifest_file.is_file() and data_file.is_file()):
+        return None
+    try:
+        manifest = read_json(manifest_file)
+        if not isinstance(manifest, dict) or manifest.get("content_hash") != config.content_hash():
+            problem = "its parameter hash differs from this configuration's"
+        elif not isinstance(manifest.get("data_sha256"), str):
+            problem = "its manifest has no data digest (written by an older version)"
+        elif file_digest(data_file) != manifest["data_sha256"]:
+            problem = "maps.safetensors does not match the digest in its manifest (corrupt, truncated or edited)"
+        else:
+            arrays = {k: v.numpy() for k, v in load_tensors(data_file).items()}
+            expected = manifest.get("files", {}).get("maps.safetensors", [])
+            if sorted(arrays) != sorted(expected):
+                problem = f"maps.safetensors holds {sorted(arrays)}, the manifest lists {sorted(expected)}"
+            else:
+                manifest["generated"] = False
+                return arrays, manifest
+    except (SOPError, OSError) as exc:
+        problem = f"it is unreadable ({exc})"
+    warnings.warn(f"cosmology cache {path}: {problem}; regenerating it", CacheWarning, stacklevel=3)
+    return None
 
 
 # --------------------------------------------------------------------------- dataset
@@ -420,7 +451,7 @@ class ConvergenceMaps(Dataset):
         if maps.dim() == 3:
             maps = maps[:, None]
         if len(maps) != len(targets) or len(maps) != len(cosmology):
-            raise ValueError(f"length mismatch: {len(maps)} maps, {len(targets)} targets, "
+            raise InputError(f"length mismatch: {len(maps)} maps, {len(targets)} targets, "
                              f"{len(cosmology)} cosmology ids")
         self.kappa_norm = float(kappa_norm)
         self.inputs = (maps.float() / self.kappa_norm).contiguous()
@@ -466,7 +497,7 @@ def _split_datasets(arrays: dict[str, np.ndarray], kappa_norm: float) -> list[Co
 
 def _resolve_config(size: str, seed: int) -> SimulationConfig:
     if size not in SIZES:
-        raise ValueError(f"unknown cosmology size {size!r}: expected one of {', '.join(SIZES)}")
+        raise ConfigError(f"unknown cosmology size {size!r}: expected one of {', '.join(SIZES)}")
     return replace(SIZES[size], seed=seed)
 
 
@@ -560,7 +591,7 @@ class CosmologyTask(Task):
         if target.is_file():
             return _freeze(load_cnn(target))
         if not train_if_missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no cosmology backbone for data hash {data_hash}: the committed weights "
                 f"({COMMITTED_WEIGHTS}) were trained on data hash {_sidecar().get('data_hash')} and "
                 f"nothing is cached at {target}. Train it with train_if_missing=True or "
@@ -575,6 +606,20 @@ class CosmologyTask(Task):
 
         return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(14, 14),
                           input_shape=tuple(getattr(model, "input_shape", (1, 66, 66))))
+
+    def augmentation(self):
+        """A random rotation by k·90° and flip per map: the simulated fields are statistically isotropic."""
+        return augment_d4
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        return save_cnn(model, path, {**record, "data_hash": data.meta["content_hash"],
+                                      "test": evaluate_regression(model, data.test)})
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Void, cluster and high-significance-cluster windows (:func:`.concepts.cosmology_concepts`)."""
+        from .concepts import cosmology_concepts
+
+        return cosmology_concepts(data, adapter, **options)
 
 
 def _freeze(model: nn.Module) -> nn.Module:

@@ -35,6 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.registry import register_backbone
+from ..validation import Field
+from ..errors import InputError
+
 __all__ = [
     "CosmoCNN",
     "AUTHORS_KEY_MAP",
@@ -43,12 +47,15 @@ __all__ = [
     "evaluate_regression",
     "predict",
     "count_parameters",
+    "augment_d4",
 ]
 
 #: authors' state-dict prefix → ours (layers not listed keep their name).
 AUTHORS_KEY_MAP = {"fc4.": "head."}
 
 
+@register_backbone("cosmology-cnn", {"num_outputs": Field(int, min=1, max=1024),
+                                     "in_channels": Field(int, min=1, max=64)})
 class CosmoCNN(nn.Module):
     """The CosmoGrid CNN: conv 16/32/48 (kernel 4), LeakyReLU, max-pool, FC 1200-128-64-32-2.
 
@@ -103,7 +110,7 @@ class CosmoCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.conv1.in_channels:
-            raise ValueError(f"CosmoCNN expects (B, {self.conv1.in_channels}, 66, 66) maps, "
+            raise InputError(f"CosmoCNN expects (B, {self.conv1.in_channels}, 66, 66) maps, "
                              f"got shape {tuple(x.shape)}")
         return self.head(self.embed(x))
 
@@ -180,7 +187,7 @@ def evaluate_regression(model: nn.Module, dataset, batch_size: int = 512) -> dic
     }
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_d4(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random element of the dihedral group D4 per map (rotation by k·90°, optional flip)."""
     code = torch.randint(0, 8, (x.shape[0],), generator=gen)
     out = torch.empty_like(x)
@@ -246,7 +253,7 @@ def train_cnn(train, val, config: CNNTrainConfig | None = None, *, progress: boo
             idx = perm[i:i + config.batch_size]
             xb = x_train[idx]
             if config.augment:
-                xb = _augment(xb, gen)
+                xb = augment_d4(xb, gen)
             loss = loss_fn(model(xb), z_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

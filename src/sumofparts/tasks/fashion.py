@@ -54,7 +54,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from ..backbones.registry import register_backbone
+from ..errors import CheckpointError, ConfigError, CorruptFileError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..validation import Field
 from .base import Task, TaskData, register_task
 
 __all__ = [
@@ -117,7 +120,7 @@ def fashion_mnist_dir() -> Path:
     root = Path(os.environ.get("SOP_FASHION_MNIST_DIR", DEFAULT_DIR))
     missing = [name for pair in FILES.values() for name in pair if not (root / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Fashion-MNIST not found: {', '.join(missing)} missing in {root}. Install the Debian "
             "package with `apt-get update && apt-get install -y dataset-fashion-mnist` (it puts the "
             f"idx.gz files in {DEFAULT_DIR}), or set SOP_FASHION_MNIST_DIR to a directory holding "
@@ -133,16 +136,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as fh:
         blob = fh.read()
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number {blob[:4].hex()})")
+        raise CorruptFileError(f"{path} is not an idx file (bad magic number {blob[:4].hex()})")
     if blob[2] != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
+        raise CorruptFileError(f"{path}: only unsigned-byte idx data (type 0x08) is supported, "
                          f"got type 0x{blob[2]:02x}")
     ndim = blob[3]
     shape = tuple(int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) if shape else 0
     if len(blob) - offset != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but "
+        raise CorruptFileError(f"{path}: header says shape {shape} ({expected} bytes) but "
                          f"{len(blob) - offset} bytes follow")
     return np.frombuffer(blob, dtype=np.uint8, offset=offset).reshape(shape)
 
@@ -152,7 +155,7 @@ def load_raw(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     """``(images (n, 28, 28) uint8, labels (n,) int64, sha256 of the two files)`` of the
     ``"train"`` (60k) or ``"test"`` (10k) set. Cached in memory (read-only arrays)."""
     if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     root = fashion_mnist_dir()
     img_name, lab_name = FILES[split]
     sha = hashlib.sha256()
@@ -161,7 +164,7 @@ def load_raw(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     images = read_idx(root / img_name)
     labels = read_idx(root / lab_name).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise ValueError(f"unexpected Fashion-MNIST shapes in {root}: images {images.shape}, "
+        raise InputError(f"unexpected Fashion-MNIST shapes in {root}: images {images.shape}, "
                          f"labels {labels.shape}")
     images.setflags(write=False)
     labels.setflags(write=False)
@@ -183,7 +186,7 @@ def foreground_masks(images: np.ndarray) -> np.ndarray:
 
     images = np.asarray(images)
     if images.ndim != 3:
-        raise ValueError(f"expected images of shape (n, h, w), got shape {images.shape}")
+        raise InputError(f"expected images of shape (n, h, w), got shape {images.shape}")
     out = np.empty(images.shape, dtype=bool)
     for i, img in enumerate(images):
         out[i] = binary_fill_holes(img > 0)
@@ -194,7 +197,7 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     """``(n, 28, 28)`` uint8 -> ``(n, 1, 32, 32)`` float32, padded and normalised."""
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"expected uint8 images of shape (n, 28, 28), got shape {images.shape}")
+        raise InputError(f"expected uint8 images of shape (n, 28, 28), got shape {images.shape}")
     x = torch.from_numpy(_pad(images).astype(np.float32) / 255.0)
     return ((x - NORM_MEAN) / NORM_STD).unsqueeze(1).contiguous()
 
@@ -214,7 +217,7 @@ class FashionDataset(TensorDataset):
 
 def _split_indices(size: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r} for task 'fashion': expected one of "
+        raise ConfigError(f"unknown size {size!r} for task 'fashion': expected one of "
                          f"{', '.join(SIZES)}")
     n_train, n_val, n_test = SIZES[size]
     perm = np.random.default_rng(seed).permutation(60_000)
@@ -248,6 +251,10 @@ def build_vit(config: dict[str, Any]) -> nn.Module:
     return ViTForImageClassification(cfg)
 
 
+@register_backbone("fashion-cnn", {"num_classes": Field(int, min=1, max=100_000),
+                                   "in_channels": Field(int, min=1, max=64),
+                                   "channels": Field(list, item=int, length=4, min=1, max=1024),
+                                   "dropout": Field(float, min=0, max=1)})
 class FashionCNN(nn.Module):
     """A small CNN for 32×32 one-channel images; every layer is its own named module.
 
@@ -303,7 +310,7 @@ def build_backbone(kind: str, config: dict[str, Any]) -> nn.Module:
         cfg = dict(config)
         cfg["channels"] = tuple(cfg.get("channels", (16, 32, 64, 64)))
         return FashionCNN(**cfg)
-    raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+    raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
 
 
 def default_model_config(kind: str) -> dict[str, Any]:
@@ -311,7 +318,7 @@ def default_model_config(kind: str) -> dict[str, Any]:
         return vit_config()
     if kind == "cnn":
         return FashionCNN().config
-    raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+    raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
 
 
 def backbone_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -376,7 +383,7 @@ def train_backbone(kind: str, train: FashionDataset, val: FashionDataset, *,
     recipe = dict(TRAIN_RECIPES[kind])
     unknown = set(recipe_overrides) - set(recipe)
     if unknown:
-        raise TypeError(f"unknown training options {sorted(unknown)}; expected {sorted(recipe)}")
+        raise InputTypeError(f"unknown training options {sorted(unknown)}; expected {sorted(recipe)}")
     recipe.update(recipe_overrides)
     model_config = dict(model_config or default_model_config(kind))
     torch.manual_seed(recipe["seed"])
@@ -554,8 +561,17 @@ class FashionTask(Task):
         cache it, unless ``train_if_missing`` is False.
         """
         kind = backbone or "vit"
+        if kind.endswith(".safetensors"):
+            path = Path(kind)
+            info = read_json(path.with_suffix(".json"))
+            model = _load_checked(path, path.with_suffix(".json"), info.get("backbone", "vit"), data.meta)
+            if model is None:
+                raise CheckpointError(f"{path} was not trained on this Fashion-MNIST data and normalisation (its sidecar "
+                                 f"{path.with_suffix('.json')} says otherwise), or its weights do not match the "
+                                 "sidecar's sha256")
+            return model
         if kind not in TRAIN_RECIPES:
-            raise ValueError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
+            raise ConfigError(f"unknown backbone {kind!r} for task 'fashion': expected 'vit' or 'cnn'")
         committed = committed_weights_dir() / f"fashion_{kind}.safetensors"
         model = _load_checked(committed, committed.with_suffix(".json"), kind, data.meta)
         if model is not None:
@@ -571,7 +587,7 @@ class FashionTask(Task):
         if model is not None:
             return model
         if not train_if_missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no trained fashion {kind} backbone: neither {committed} (with a matching sidecar) "
                 f"nor {cached} exists; run scripts/train_fashion_backbones.py or call "
                 "load_backbone(..., train_if_missing=True)")
@@ -582,6 +598,20 @@ class FashionTask(Task):
         save_backbone(model, record, cached)
         return _freeze(model)
 
+    def augmentation(self):
+        """Random horizontal flips and shifts of up to 2 pixels (the backbones' training augmentation)."""
+        recipe = TRAIN_RECIPES["vit"]
+        return functools.partial(_augment, shift=recipe["shift"], flip=recipe["flip"])
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        kind = "cnn" if isinstance(model, FashionCNN) else "vit"
+        info = {**record, "backbone": kind,
+                "model_config": model.config if kind == "cnn" else record.get("model_config", vit_config()),
+                "data": {k: data.meta[k] for k in ("source_sha", "normalisation", "data_hash", "size", "seed",
+                                                   "n_train", "n_val")},
+                "test_accuracy": evaluate_accuracy(model, data.test)}
+        return save_backbone(model, info, path)
+
     def make_adapter(self, model: nn.Module):
         from ..backbones import CNNAdapter, ViTAdapter
 
@@ -589,3 +619,9 @@ class FashionTask(Task):
             return CNNAdapter(model, feature_layer=FashionCNN.feature_layer, classifier="head",
                               grid=GRID, input_shape=model.input_shape)
         return ViTAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Stripes, solid silhouettes, outlines and upper/lower halves of garments (:func:`.concepts.fashion_concepts`)."""
+        from .concepts import fashion_concepts
+
+        return fashion_concepts(data, adapter, **options)

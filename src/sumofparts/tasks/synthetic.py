@@ -15,7 +15,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from ..backbones.registry import register_backbone
+from ..errors import ConfigError, MissingFileError
 from ..io import content_hash, load_tensors, save_tensors
+from ..validation import Field
 from .base import Task, TaskData, register_task
 
 __all__ = ["make_bars", "BarsCNN", "SyntheticTask"]
@@ -45,6 +48,7 @@ def make_bars(n: int, *, size: int = 16, seed: int = 0, noise: float = 0.3) -> t
     return x, y, fg
 
 
+@register_backbone("bars-cnn", {"num_classes": Field(int, min=1, max=100_000)})
 class BarsCNN(nn.Module):
     """conv 8 → pool → conv 16 → pool (4×4 cells) → fc 32 → head 4."""
 
@@ -102,7 +106,7 @@ class SyntheticTask(Task):
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0, progress: bool = True) -> TaskData:
         if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+            raise ConfigError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
         n_train, n_val, n_test = SIZES[size]
         splits = [make_bars(n, seed=seed * 1000 + k) for k, n in enumerate((n_train, n_val, n_test))]
         datasets = [TensorDataset(x, y) for x, y, _ in splits]
@@ -114,7 +118,7 @@ class SyntheticTask(Task):
     def load_backbone(self, data: TaskData, cache_dir: Path, *, backbone: str | None = None,
                       train_if_missing: bool = True, progress: bool = True) -> nn.Module:
         if backbone not in (None, "cnn"):
-            raise ValueError(f"the synthetic task has one backbone, 'cnn'; got {backbone!r}")
+            raise ConfigError(f"the synthetic task has one backbone, 'cnn'; got {backbone!r}")
         key = content_hash({"task": self.name, "meta": data.meta, "model": "BarsCNN-v2"})
         path = Path(cache_dir) / "backbones" / f"synthetic-cnn-{key}.safetensors"
         model = BarsCNN()
@@ -122,7 +126,7 @@ class SyntheticTask(Task):
             model.load_state_dict(load_tensors(path))
             return model.eval()
         if not train_if_missing:
-            raise FileNotFoundError(f"no trained synthetic backbone at {path}")
+            raise MissingFileError(f"no trained synthetic backbone at {path}")
         x, y = data.train.tensors
         fit_classifier(model, x, y, epochs=max(8, 12000 // len(x)), progress=progress)
         save_tensors(path, model.state_dict())

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from ..cli_types import NONNEGATIVE_INT, POSITIVE_INT
+
 __all__ = ["register", "main_theory", "build_parser", "main"]
 
 
@@ -29,7 +31,7 @@ def _methods_arg(text: str) -> list[str]:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d-max", type=int, default=12, help="largest d (multiples of 3 from 3 up to it; max 20). Default 12")
+    p.add_argument("--d-max", type=POSITIVE_INT, default=12, help="largest d (multiples of 3 from 3 up to it; max 20). Default 12")
     p.add_argument("--out", default="./sop-theory", help="output directory (default ./sop-theory)")
     p.add_argument(
         "--methods",
@@ -38,10 +40,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated post-hoc methods (default all): lime, kernel_shap, shapley_sampling, "
         "integrated_gradients, gradient_x_input, saliency, feature_ablation, deeplift, shapley_exact; or 'none'",
     )
-    p.add_argument("--lp-d-max", type=int, default=15, help="solve the LPs only up to this d (default 15)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling methods (default 0)")
+    p.add_argument("--lp-d-max", type=POSITIVE_INT, default=15, help="solve the LPs only up to this d (default 15)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the sampling methods (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--sop-steps", type=int, default=300,
+    p.add_argument("--sop-steps", type=NONNEGATIVE_INT, default=300,
                    help="training steps of the SOP model fitted to each binomial (0: no SOP column; default 300)")
 
 

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from .polynomials import Binomial, check_exact_d, popcounts
+from ..errors import InputError
 
 __all__ = [
     "MAX_LP_D",
@@ -82,15 +83,15 @@ class LPResult:
 def _targets(b) -> tuple[np.ndarray, int]:
     arr = np.asarray(b, dtype=np.float64)
     if arr.ndim != 1:
-        raise ValueError(f"targets b must be 1-D of length 2**d, got shape {arr.shape}")
+        raise InputError(f"targets b must be 1-D of length 2**d, got shape {arr.shape}")
     n = arr.shape[0]
     d = int(n).bit_length() - 1
     if n < 2 or 2 ** d != n:
-        raise ValueError(f"targets b must have length 2**d (d >= 1), got length {n}")
+        raise InputError(f"targets b must have length 2**d (d >= 1), got length {n}")
     if d > MAX_LP_D:
-        raise ValueError(f"the LP has 2**d rows; d <= {MAX_LP_D} is supported, got d={d}")
+        raise InputError(f"the LP has 2**d rows; d <= {MAX_LP_D} is supported, got d={d}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("targets b contain non-finite values")
+        raise InputError("targets b contain non-finite values")
     return arr, d
 
 
@@ -106,7 +107,7 @@ def subset_matrix(d: int) -> sp.csr_matrix:
 
 def _check_method(method: str) -> str:
     if method not in ("highs", "highs-ipm", "highs-ds"):
-        raise ValueError(f"method must be one of 'highs', 'highs-ipm', 'highs-ds' (HiGHS), got {method!r}")
+        raise InputError(f"method must be one of 'highs', 'highs-ipm', 'highs-ds' (HiGHS), got {method!r}")
     return method
 
 
@@ -166,7 +167,7 @@ def dual_objective(b, lam) -> float:
     b, _ = _targets(b)
     lam = np.asarray(lam, dtype=np.float64).reshape(-1)
     if lam.shape != b.shape:
-        raise ValueError(f"lambda must have length {b.shape[0]} (one per subset), got {lam.shape[0]}")
+        raise InputError(f"lambda must have length {b.shape[0]} (one per subset), got {lam.shape[0]}")
     return float(b @ lam)
 
 
@@ -176,7 +177,7 @@ def dual_infeasibility(lam, d: int | None = None) -> float:
     n = lam.shape[0]
     dd = int(n).bit_length() - 1
     if n < 2 or 2 ** dd != n or (d is not None and dd != int(d)):
-        raise ValueError(f"lambda must have length 2**d{'' if d is None else f' = {2 ** int(d)}'}, got {n}")
+        raise InputError(f"lambda must have length 2**d{'' if d is None else f' = {2 ** int(d)}'}, got {n}")
     s = np.arange(n, dtype=np.int64)
     col = max(abs(float(lam[((s >> i) & 1) == 1].sum())) for i in range(dd))
     box = float(np.max(np.abs(lam)) - 1.0)
@@ -189,7 +190,7 @@ def walsh_hadamard(b) -> np.ndarray:
     n = w.shape[0]
     d = int(n).bit_length() - 1
     if n < 2 or 2 ** d != n:
-        raise ValueError(f"input must have length 2**d, got {n}")
+        raise InputError(f"input must have length 2**d, got {n}")
     h = 1
     while h < n:
         w = w.reshape(-1, 2, h)
@@ -206,12 +207,12 @@ def parity_certificate(d: int, T: Sequence[int], sign: float = 1.0) -> np.ndarra
     d = check_exact_d(d)
     T = [int(t) for t in T]
     if len(set(T)) < 2:
-        raise ValueError(f"T needs at least two distinct features for feasibility, got {T}")
+        raise InputError(f"T needs at least two distinct features for feasibility, got {T}")
     bad = [t for t in T if t < 0 or t >= d]
     if bad:
-        raise ValueError(f"T has indices outside [0, {d - 1}]: {bad}")
+        raise InputError(f"T has indices outside [0, {d - 1}]: {bad}")
     if abs(sign) > 1:
-        raise ValueError(f"|sign| must be <= 1 to keep |lambda| <= 1, got {sign}")
+        raise InputError(f"|sign| must be <= 1 to keep |lambda| <= 1, got {sign}")
     mask = 0
     for t in set(T):
         mask |= 1 << t
@@ -248,7 +249,7 @@ def layer_certificate(d: int, sign: float = 1.0) -> np.ndarray:
     """
     d = check_exact_d(d)
     if abs(sign) > 1:
-        raise ValueError(f"|sign| must be <= 1 to keep |lambda| <= 1, got {sign}")
+        raise InputError(f"|sign| must be <= 1 to keep |lambda| <= 1, got {sign}")
     return float(sign) * np.sign(d + 1 - 2 * popcounts(d)).astype(np.float64)
 
 
@@ -263,7 +264,7 @@ def binomial_dual_bound_value(poly: Binomial, kind: str = "insertion") -> float:
     ``= 2 C(d, floor(d/2)) - 2^{d/3+1}``.
     """
     if kind not in ("insertion", "deletion"):
-        raise ValueError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
+        raise InputError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
     n1, n2, n3 = (len(p) for p in poly.parts)
     if kind == "insertion":
         if n2 >= 2:
@@ -292,9 +293,9 @@ def binomial_dual_certificate(poly: Binomial, kind: str = "insertion") -> tuple[
     exact targets (it equals :func:`binomial_dual_bound_value`).
     """
     if not isinstance(poly, Binomial):
-        raise ValueError(f"expected a Binomial (see sumofparts.theory.binomial), got {type(poly).__name__}")
+        raise InputError(f"expected a Binomial (see sumofparts.theory.binomial), got {type(poly).__name__}")
     if kind not in ("insertion", "deletion"):
-        raise ValueError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
+        raise InputError(f"kind must be 'insertion' or 'deletion', got {kind!r}")
     from .errors import deletion_targets, insertion_targets
 
     vals = poly.subset_values()

@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -71,7 +72,7 @@ class _Float64(torch.nn.Module):
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.dim() != 1:
-            raise ValueError(f"the model must return one scalar per input, got shape {tuple(y.shape)}")
+            raise InputError(f"the model must return one scalar per input, got shape {tuple(y.shape)}")
         return y.to(torch.float64)
 
 
@@ -79,13 +80,13 @@ def _model_d(model, d: int | None) -> int:
     md = getattr(model, "d", None)
     if d is None:
         if md is None:
-            raise ValueError("d is required for a model without a `d` attribute")
+            raise InputError("d is required for a model without a `d` attribute")
         d = md
     if md is not None and int(md) != int(d):
-        raise ValueError(f"d={d} given but the model has d={md}")
+        raise InputError(f"d={d} given but the model has d={md}")
     d = int(d)
     if d < 1:
-        raise ValueError(f"d must be >= 1, got {d}")
+        raise InputError(f"d must be >= 1, got {d}")
     return d
 
 
@@ -101,13 +102,13 @@ def run_method(
     import captum.attr as ca
 
     if name not in METHOD_NAMES:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
+        raise InputError(f"unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
     d = _model_d(model, d)
     bud = dict(DEFAULT_BUDGET)
     if budget:
         unknown = set(budget) - set(DEFAULT_BUDGET)
         if unknown:
-            raise ValueError(f"budget keys must be among {sorted(DEFAULT_BUDGET)}, got {sorted(unknown)}")
+            raise InputError(f"budget keys must be among {sorted(DEFAULT_BUDGET)}, got {sorted(unknown)}")
         bud.update({k: int(v) for k, v in budget.items()})
     if name == "shapley_exact":
         from .errors import subset_values
@@ -168,5 +169,5 @@ def run_methods(
     names = list(METHOD_NAMES if names is None else names)
     bad = [n for n in names if n not in METHOD_NAMES]
     if bad:
-        raise ValueError(f"unknown methods {bad}; expected names among {', '.join(METHOD_NAMES)}")
+        raise InputError(f"unknown methods {bad}; expected names among {', '.join(METHOD_NAMES)}")
     return {n: run_method(n, model, d=d, seed=seed, budget=budget) for n in names}

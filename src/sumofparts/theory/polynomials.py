@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from ..errors import InputError
 
 __all__ = [
     "MAX_EXACT_D",
@@ -35,10 +36,10 @@ MAX_EXACT_D = 20
 
 def _check_d(d: int, *, what: str = "d") -> int:
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise ValueError(f"{what} must be an int, got {type(d).__name__} ({d!r})")
+        raise InputError(f"{what} must be an int, got {type(d).__name__} ({d!r})")
     d = int(d)
     if d < 1:
-        raise ValueError(f"{what} must be >= 1, got {d}")
+        raise InputError(f"{what} must be >= 1, got {d}")
     return d
 
 
@@ -46,7 +47,7 @@ def check_exact_d(d: int) -> int:
     """Validate that ``d`` is small enough for the exact enumeration over ``2**d`` subsets."""
     d = _check_d(d)
     if d > MAX_EXACT_D:
-        raise ValueError(
+        raise InputError(
             f"exact enumeration over all 2**d subsets needs d <= {MAX_EXACT_D}, got d={d} "
             f"({2 ** d} subsets)"
         )
@@ -57,12 +58,12 @@ def _check_indices(indices: Iterable[int], d: int, *, what: str) -> tuple[int, .
     try:
         idx = tuple(int(i) for i in indices)
     except TypeError as exc:
-        raise ValueError(f"{what} must be an iterable of feature indices, got {indices!r}") from exc
+        raise InputError(f"{what} must be an iterable of feature indices, got {indices!r}") from exc
     bad = [i for i in idx if i < 0 or i >= d]
     if bad:
-        raise ValueError(f"{what} has indices outside [0, {d - 1}] (d={d}): {bad}")
+        raise InputError(f"{what} has indices outside [0, {d - 1}] (d={d}): {bad}")
     if len(set(idx)) != len(idx):
-        raise ValueError(f"{what} has repeated indices: {list(idx)}")
+        raise InputError(f"{what} has repeated indices: {list(idx)}")
     return tuple(sorted(idx))
 
 
@@ -89,7 +90,7 @@ def _as_vector(v, d: int, *, what: str, default: float) -> np.ndarray:
         v = v.detach().cpu().numpy()
     arr = np.asarray(v, dtype=np.float64).reshape(-1)
     if arr.shape != (d,):
-        raise ValueError(f"{what} must have {d} entries (d={d}), got shape {np.shape(v)}")
+        raise InputError(f"{what} must have {d} entries (d={d}), got shape {np.shape(v)}")
     return arr
 
 
@@ -118,7 +119,7 @@ class SumOfMonomials(nn.Module):
             coefs = [1.0] * len(mons)
         coefs = [float(c) for c in coefs]
         if len(coefs) != len(mons):
-            raise ValueError(f"expected one coefficient per monomial ({len(mons)}), got {len(coefs)}")
+            raise InputError(f"expected one coefficient per monomial ({len(mons)}), got {len(coefs)}")
         self.d = d
         self.monomials: tuple[tuple[int, ...], ...] = tuple(mons)
         self.coefs: tuple[float, ...] = tuple(coefs)
@@ -134,7 +135,7 @@ class SumOfMonomials(nn.Module):
         if x.dim() == 1:
             x = x.unsqueeze(0)
         if x.dim() != 2 or x.shape[-1] != self.d:
-            raise ValueError(f"expected input of shape (B, {self.d}), got {tuple(x.shape)}")
+            raise InputError(f"expected input of shape (B, {self.d}), got {tuple(x.shape)}")
         if not self.monomials:
             return torch.full(x.shape[:1], self.const, dtype=x.dtype, device=x.device)
         ones = torch.ones((), dtype=x.dtype, device=x.device)
@@ -148,7 +149,7 @@ class SumOfMonomials(nn.Module):
         arr = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
         arr = np.atleast_2d(arr)
         if arr.shape[-1] != self.d:
-            raise ValueError(f"expected inputs with {self.d} features, got shape {arr.shape}")
+            raise InputError(f"expected inputs with {self.d} features, got shape {arr.shape}")
         out = np.full(arr.shape[0], self.const)
         for m, c in zip(self.monomials, self.coefs):
             out += c * np.prod(arr[:, list(m)], axis=1)
@@ -241,14 +242,14 @@ def binomial(d: int, sizes: tuple[int, int, int] | None = None) -> Binomial:
     d = _check_d(d)
     if sizes is None:
         if d % 3 != 0:
-            raise ValueError(
+            raise InputError(
                 f"binomial(d) needs d divisible by 3 (equal thirds S1, S2, S3), got d={d}; "
                 f"pass sizes=(n1, n2, n3) for an unequal split"
             )
         sizes = (d // 3, d // 3, d // 3)
     sizes = tuple(int(v) for v in sizes)
     if len(sizes) != 3 or sum(sizes) != d or min(sizes) < 1:
-        raise ValueError(f"sizes must be three ints >= 1 summing to d={d}, got {sizes}")
+        raise InputError(f"sizes must be three ints >= 1 summing to d={d}, got {sizes}")
     return Binomial(sizes)  # type: ignore[arg-type]
 
 
@@ -262,7 +263,7 @@ def exact_shapley(values: np.ndarray) -> np.ndarray:
     n = values.shape[0]
     d = int(n).bit_length() - 1
     if n < 2 or 2 ** d != n:
-        raise ValueError(f"values must have length 2**d for some d >= 1, got {n}")
+        raise InputError(f"values must have length 2**d for some d >= 1, got {n}")
     check_exact_d(d)
     from math import lgamma
 

@@ -41,6 +41,7 @@ from .errors import (
 from .lp import MAX_LP_D, binomial_dual_certificate, solve_dual, solve_primal
 from .methods import DEFAULT_BUDGET, METHOD_NAMES, run_method
 from .polynomials import MAX_EXACT_D, Binomial, binomial
+from ..errors import InputError
 
 __all__ = [
     "ExtraAttributions",
@@ -62,13 +63,13 @@ LP_METHOD = {"insertion": "highs", "deletion": "highs-ipm"}
 
 def _d_values(d_min: int, d_max: int) -> list[int]:
     if isinstance(d_max, bool) or not isinstance(d_max, (int, np.integer)):
-        raise ValueError(f"d_max must be an int, got {d_max!r}")
+        raise InputError(f"d_max must be an int, got {d_max!r}")
     if d_max < 3:
-        raise ValueError(f"d_max must be >= 3 (the binomial needs three non-empty thirds), got {d_max}")
+        raise InputError(f"d_max must be >= 3 (the binomial needs three non-empty thirds), got {d_max}")
     if d_max > MAX_EXACT_D:
-        raise ValueError(f"d_max must be <= {MAX_EXACT_D} for the exact enumeration over 2**d subsets, got {d_max}")
+        raise InputError(f"d_max must be <= {MAX_EXACT_D} for the exact enumeration over 2**d subsets, got {d_max}")
     if d_min < 3 or d_min > d_max:
-        raise ValueError(f"d_min must be in [3, d_max={d_max}], got {d_min}")
+        raise InputError(f"d_min must be in [3, d_max={d_max}], got {d_min}")
     return [d for d in range(3 * math.ceil(d_min / 3), int(d_max) + 1, 3)]
 
 
@@ -109,11 +110,11 @@ def theory_rows(
     """
     ds = _d_values(d_min, d_max)
     if lp_d_max > MAX_LP_D:
-        raise ValueError(f"lp_d_max must be <= {MAX_LP_D}, got {lp_d_max}")
+        raise InputError(f"lp_d_max must be <= {MAX_LP_D}, got {lp_d_max}")
     names = list(METHOD_NAMES if methods is None else methods)
     bad = [n for n in names if n not in METHOD_NAMES]
     if bad:
-        raise ValueError(f"unknown methods {bad}; expected names among {', '.join(METHOD_NAMES)}")
+        raise InputError(f"unknown methods {bad}; expected names among {', '.join(METHOD_NAMES)}")
     iterator: Any = ds
     if progress:
         from tqdm.auto import tqdm

@@ -1,0 +1,94 @@
+"""Argument types and checks shared by the ``sop`` subcommands (one place for each rule).
+
+* :func:`field_type` turns a :class:`~sumofparts.validation.Field` into an argparse
+  ``type=``: ``--threads -3`` then fails in argparse with "expected an integer >= 1, got
+  '-3'" (a one-line usage error, no traceback), by the same rule the configs use.
+* :func:`parse_overrides` reads ``--set KEY=VALUE`` / ``--train-set KEY=VALUE`` pairs
+  against a field table (unknown keys and mistyped values are a
+  :class:`~sumofparts.errors.ConfigError` naming the option and the field).
+* :func:`check_device` checks ``--device`` against what this machine has.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import ConfigError
+from .validation import Field, check_value
+
+__all__ = ["field_type", "POSITIVE_INT", "NONNEGATIVE_INT", "parse_overrides", "check_device"]
+
+
+def field_type(spec: Field) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses a string and checks it against ``spec``."""
+
+    def convert(text: str) -> Any:
+        try:
+            value: Any = int(text) if spec.kind is int else float(text) if spec.kind is float else text
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {spec.describe()}, got {text!r}") from None
+        try:
+            return check_value("value", value, spec)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"expected {spec.describe()}, got {text!r}") from None
+
+    convert.__name__ = spec.describe()
+    return convert
+
+
+POSITIVE_INT = field_type(Field(int, min=1))
+NONNEGATIVE_INT = field_type(Field(int, min=0, max=2**63 - 1))
+
+
+def parse_overrides(pairs: Sequence[str] | None, table: Mapping[str, Field], option: str,
+                    exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """``["tau=0.3", "sequential_heads=false"]`` -> ``{"tau": 0.3, "sequential_heads": False}``, checked.
+
+    A value is read as JSON when it parses (numbers, ``true``/``false``, ``null``, lists),
+    else as a plain string; it is then checked against the field's declared type, so
+    ``tau=abc``, ``num_groups=2.5``, ``sequential_heads=no`` or ``generator_scale=NaN``
+    raise a :class:`ConfigError` that names ``option`` and the field.
+    """
+    out: dict[str, Any] = {}
+    allowed = sorted(k for k in table if k not in exclude)
+    for item in pairs or []:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"{option} expects KEY=VALUE pairs, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in table or key in exclude:
+            raise ConfigError(f"{option}: unknown key {key!r}; expected one of {', '.join(allowed)}")
+        try:
+            value: Any = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            value = text
+        out[key] = check_value(key, value, table[key], where=f"{option} ")
+    return out
+
+
+def check_device(name: str | None) -> str:
+    """``--device``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    import torch
+
+    if name is None:
+        return "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cpu":
+        return str(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__} "
+                              "finds no GPU); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"expected an index in [0, {torch.cuda.device_count()})")
+        return str(device)
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        return str(device)
+    raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
