@@ -1,4 +1,9 @@
-"""``sop evaluate TASK``: the paper's accuracy/purity and faithfulness tables for a trained SOP model."""
+"""``sop evaluate TASK``: the paper's accuracy/purity and faithfulness tables for a trained SOP model.
+
+``torchrun --nproc_per_node N -m sumofparts.cli evaluate TASK --distributed`` splits the batches
+over N processes (gloo on CPU, nccl on GPU); each writes its shards, rank 0 writes the tables.
+``--resume`` continues an interrupted evaluation from its shards.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,13 +25,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if args.tie_samples < 1:
+        raise ConfigError(f"--tie-samples must be >= 1, got {args.tie_samples}")
+    device = None
+    if args.distributed:
+        from .cli import _init_distributed
+
+        device = _init_distributed()
     checkpoint = args.checkpoint or Path("sop-runs") / args.task / "sop" / "best"
     out = args.out or Path("sop-runs") / args.task / "evaluation"
     command = _command_line(args)
-    tables = evaluate_task(args.task, methods=args.methods, n=args.n, seed=args.seed, out_dir=out,
-                           progress=not args.no_progress, checkpoint=checkpoint, size=args.size,
-                           cache_dir=args.cache_dir, batch_size=args.batch_size, steps=args.steps,
-                           robustness=args.robustness, command=command)
+    try:
+        tables = evaluate_task(args.task, methods=args.methods, n=args.n, seed=args.seed, out_dir=out,
+                               progress=not args.no_progress, checkpoint=checkpoint, size=args.size,
+                               cache_dir=args.cache_dir, batch_size=args.batch_size, steps=args.steps,
+                               tie_samples=args.tie_samples, robustness=args.robustness, resume=args.resume,
+                               device=device, command=command)
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            rank = dist.get_rank()
+            dist.destroy_process_group()
+            if rank:
+                return 0
     print()
     print(tables.markdown())
     print(f"written: {', '.join(str(p) for p in tables.paths.values())}")
@@ -48,8 +70,12 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--batch-size", str(args.batch_size)]
     if args.steps != 10:
         parts += ["--steps", str(args.steps)]
-    if args.robustness:
-        parts.append("--robustness")
+    if args.tie_samples != 1:
+        parts += ["--tie-samples", str(args.tie_samples)]
+    for flag, on in (("--robustness", args.robustness), ("--resume", args.resume),
+                     ("--distributed", args.distributed)):
+        if on:
+            parts.append(flag)
     if args.threads:
         parts += ["--threads", str(args.threads)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -64,19 +90,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="task name (see `sop tasks`)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to evaluate (e.g. sop gradcam lime fresh; 'all' for every one; default: a fast "
-                        "set per family)")
+                        "set per kind of input)")
     p.add_argument("--n", type=POSITIVE_INT, default=100, help="number of test items, the first N (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="SOP checkpoint directory (default: sop-runs/TASK/sop/best, as written by `sop run`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/evaluation)")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the data, the methods' sampling and the bootstrap "
-                                                       "(default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the data, the methods' sampling, the tie-break orders "
+                                                       "and the bootstrap (default: %(default)s)")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="examples per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="items per batch and per shard (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE_INT, default=10, help="insertion/deletion steps (default: %(default)s)")
+    p.add_argument("--tie-samples", type=POSITIVE_INT, default=1,
+                   help="random orders tied cells are ranked in, averaged (default: %(default)s)")
     p.add_argument("--robustness", action="store_true",
-                   help="also compute infidelity and max-sensitivity of the post-hoc methods (first batch)")
+                   help="also compute infidelity and max-sensitivity (image tasks, every item; slow)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from its shards in "
+                                                         "OUT/shards")
+    p.add_argument("--distributed", action="store_true",
+                   help="split the batches over the processes of torchrun (gloo on CPU, nccl on GPU)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_evaluate)

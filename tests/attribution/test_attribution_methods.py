@@ -282,6 +282,88 @@ def test_rise_with_keep_probability_one_is_the_target_probability():
     assert torch.allclose(a, prob.view(2, 1, 1, 1).expand_as(a), atol=1e-6)
 
 
+class _Linear(nn.Module):
+    """Two regression outputs, f(x) = W flatten(x) + b on 1×4×4 images; every pixel is a cell."""
+
+    input_shape = (1, 4, 4)
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.feat = nn.Identity()
+        self.head = nn.Linear(16, 2)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(2)
+            self.head.weight.copy_(scale * torch.randn(2, 16, generator=g))
+            self.head.bias.copy_(torch.tensor([0.3, 0.8]))
+
+    def forward(self, x):
+        return self.head(self.feat(x).flatten(1))
+
+
+def _linear_adapter(scale: float = 1.0):
+    return CNNAdapter(_Linear(scale).eval(), feature_layer="feat", classifier="head", grid=(4, 4))
+
+
+def test_rise_for_regression_weighs_masks_by_the_output_value():
+    adapter = _linear_adapter()
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = get_method("rise", adapter, n_masks=3, p=1.0, task="regression").attribute(x, 1)
+    with torch.no_grad():
+        value = adapter(x)[:, 1]
+    assert torch.allclose(a, value.view(3, 1, 1, 1).expand_as(a), atol=1e-6)  # not a softmax over the two targets
+    assert get_method("rise", adapter, task="regression").output == "logit"
+    assert get_method("rise", adapter).output == "prob"
+    with pytest.raises(ValueError, match="not classes"):
+        get_method("rise", adapter, task="regression", output="prob")
+    with pytest.raises(ValueError, match="task must be"):
+        get_method("rise", adapter, task="ranking")
+
+
+def test_lime_explains_small_regression_outputs_within_the_budget():
+    """Output changes of ~1e-3 (Omega_m-like): Captum's Lasso (alpha 0.01) zeroes every coefficient; the ridge does not."""
+    from captum._utils.models.linear_model import SkLearnLasso
+
+    from sumofparts.metrics import constant_maps
+
+    adapter = _linear_adapter(scale=1e-3)
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(6, 16, dtype=torch.bool)
+    ours = get_method("lime", adapter, n_samples=17).attribute_cells(x, 0)
+    lasso = get_method("lime", adapter, n_samples=17, interpretable_model=SkLearnLasso(alpha=0.01)).attribute_cells(x, 0)
+    assert not constant_maps(ours, valid).any()
+    assert constant_maps(lasso, valid).all()
+    exact = adapter.classifier.weight[0].detach() * x.flatten(1)
+    corr = torch.stack([torch.corrcoef(torch.stack([ours[i], exact[i]]))[0, 1] for i in range(6)])
+    assert float(corr.mean()) > 0.3  # it explains something with 17 samples for 16 cells
+
+
+def test_methods_say_what_their_scores_add_up_to():
+    adapter, x = setup("cnn")
+    empty = torch.randn(2, 4)
+    for name in ("intgrad", "kernelshap", "lime", "shapley", "gradxinput", "deeplift"):
+        assert torch.equal(make(name, adapter).completeness_reference(empty), empty), name
+    assert torch.equal(make("lrp", adapter).completeness_reference(empty), torch.zeros(2, 4))
+    for name in ("saliency", "gradcam", "rise", "occlusion", "feature_ablation", "guided_gradcam", "smoothgrad"):
+        m = make(name, adapter)
+        assert m.completeness_reference(empty) is None and len(m.not_additive) > 20, name
+    assert make("deeplift", adapter, multiply_by_inputs=False).completeness_reference(empty) is None
+    assert make("intgrad", adapter).multiplies_by_inputs and not make("saliency", adapter).multiplies_by_inputs
+
+
+def test_f_conversion_breaks_ties_in_a_seeded_random_order():
+    adapter, x = setup("cnn")
+    zero = type("Zero", (AttributionMethod,), {"name": "zero", "_attribute": lambda self, i, t, **k: torch.zeros_like(i)})
+    from sumofparts.attribution import FConversion
+
+    kept = [FConversion(zero(adapter), tau=0.25, tie_seed=s).explain_groups(x, 0).masks[:, 0] for s in (0, 0, 1)]
+    assert torch.equal(kept[0], kept[1]) and not torch.equal(kept[0], kept[2])
+    first = torch.zeros(16, dtype=torch.bool)
+    first[:4] = True
+    assert not all(torch.equal(k, first) for k in kept[0])  # not the first cells in raster order
+    raster = FConversion(zero(adapter), tau=0.25, tie_seed=None).explain_groups(x, 0).masks[:, 0]
+    assert all(torch.equal(k, first) for k in raster)
+
+
 # --- BagNet -------------------------------------------------------------------------------------------------
 def test_bagnet_patch_scores_sum_to_its_logit():
     adapter, x = setup("cnn")

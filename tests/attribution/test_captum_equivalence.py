@@ -160,10 +160,17 @@ def test_perturbation_methods_equal_captum(family, cnn_setup, vit_setup):
     direct = ca.KernelShap(net).attribute(x, baselines=zero, target=TARGET, feature_mask=fm, n_samples=20,
                                           perturbations_per_eval=16)
     same(get_method("kernelshap", adapter).attribute(x, TARGET), direct)
+    # LIME's surrogate is lime's own ridge (alpha 1), not Captum's default Lasso (see attribution/captum_methods.py)
+    from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
+
+    torch.manual_seed(0)
+    direct = ca.Lime(net, interpretable_model=SkLearnRidge(alpha=1.0)).attribute(
+        x, baselines=zero, target=TARGET, feature_mask=fm, n_samples=20, perturbations_per_eval=16)
+    same(get_method("lime", adapter).attribute(x, TARGET), direct)
     torch.manual_seed(0)
     direct = ca.Lime(net).attribute(x, baselines=zero, target=TARGET, feature_mask=fm, n_samples=20,
                                     perturbations_per_eval=16)
-    same(get_method("lime", adapter).attribute(x, TARGET), direct)
+    same(get_method("lime", adapter, interpretable_model=SkLearnLasso(alpha=0.01)).attribute(x, TARGET), direct)
 
 
 def test_sampling_methods_leave_the_global_rng_alone(cnn_setup):

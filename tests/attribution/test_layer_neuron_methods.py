@@ -190,7 +190,8 @@ def test_evaluate_shows_inapplicable_metrics_as_na_with_the_reason(trained):
                            methods=["layer_gradcam", "layer_activation", "neuron_gradient"], robustness=True)
     cam, act, neuron = (tables.row("faithfulness", n) for n in ("layer_gradcam", "layer_activation",
                                                                "neuron_gradient"))
-    assert cam["fidelity"] is not None and cam["insertion"] is not None
+    # Grad-CAM's map is not meant to add up to the output: fidelity N/A with the reason (issue 12)
+    assert cam["fidelity"] is None and cam["insertion"] is not None
     assert act["fidelity"] is None and act["insertion"] is not None and act["deletion"] is not None
     assert all(neuron[c] is None for c in ("fidelity", "insertion", "deletion", "insertion_raw", "deletion_raw",
                                            "infidelity"))
@@ -204,5 +205,7 @@ def test_evaluate_shows_inapplicable_metrics_as_na_with_the_reason(trained):
         in notes
     assert "neuron_gradient-F: error:" in notes
     assert "neuron_gradient: fidelity: needs one attribution per class" not in notes
+    assert "layer_gradcam (top-k cells; backbone): fidelity: N/A: a ReLU'd class-activation map" in notes
     md = tables.markdown()
-    assert "| neuron_gradient | N/A | N/A | N/A | N/A | N/A | 8 |" in md
+    assert "| neuron_gradient | top-k cells; backbone | " in md
+    assert "neuron_gradient" not in tables.curves or not tables.curves.get("neuron_gradient")

@@ -70,13 +70,17 @@ def test_insertion_and_deletion_curves_by_hand():
     sorted_c = torch.sort(contrib, descending=True).values
     expect_ins = torch.stack([torch.sigmoid(sorted_c[:4 * s].sum()) for s in (1, 2, 3, 4)])
     expect_del = torch.stack([torch.sigmoid(sorted_c[4 * s:].sum()) for s in (1, 2, 3, 4)])
-    torch.testing.assert_close(ins[0], expect_ins)
-    torch.testing.assert_close(dele[0], expect_del)
+    torch.testing.assert_close(ins[0].float(), expect_ins)
+    torch.testing.assert_close(dele[0].float(), expect_del)
     assert float(dele[0, -1]) == pytest.approx(0.5)  # everything removed: logits (0, 0)
-    # AUCs: raw = mean of the curve, normalised = raw / p(x)
-    assert float(M.raw_auc(ins)[0]) == pytest.approx(float(expect_ins.mean()))
-    assert float(M.normalised_auc(ins)[0]) == pytest.approx(float(expect_ins.mean() / expect_ins[-1]))
-    assert float(M.normalised_auc(dele, ins[:, -1])[0]) == pytest.approx(float(expect_del.mean() / expect_ins[-1]))
+    # the table's numbers: raw = mean of the curve; ours ÷ p(x); the paper's ÷ the curve at k = 1
+    p_x = float(torch.sigmoid(contrib.sum()))
+    res = M.path_scores(ins.numpy(), dele.numpy(), np.array([p_x]), np.array([0.5]), "classification")
+    assert res["insertion_raw"] == pytest.approx(float(expect_ins.mean()))
+    assert res["insertion"] == pytest.approx(float(expect_ins.mean()) / p_x)
+    assert res["deletion"] == pytest.approx(float(expect_del.mean()) / p_x)
+    assert res["insertion_paper"] == pytest.approx(float(expect_ins.mean() / expect_ins[-1]))
+    assert res["deletion_paper"] == pytest.approx(float(expect_del.mean()) / 0.5)
 
 
 def test_a_perfect_attribution_beats_its_reverse_on_an_additive_model(linear):
@@ -89,8 +93,8 @@ def test_a_perfect_attribution_beats_its_reverse_on_an_additive_model(linear):
     del_good = M.deletion_curve(adapter, x, perfect, target=target)
     del_bad = M.deletion_curve(adapter, x, reverse, target=target)
     # on the logit scale the ordering holds step by step; on probabilities it holds for the AUCs
-    assert bool((M.raw_auc(ins_good) >= M.raw_auc(ins_bad) - 1e-9).all())
-    assert bool((M.raw_auc(del_good) <= M.raw_auc(del_bad) + 1e-9).all())
+    assert bool((ins_good.mean(-1) >= ins_bad.mean(-1) - 1e-9).all())
+    assert bool((del_good.mean(-1) <= del_bad.mean(-1) + 1e-9).all())
     # both paths end at the full input / the empty input
     torch.testing.assert_close(ins_good[:, -1], ins_bad[:, -1])
     torch.testing.assert_close(del_good[:, -1], del_bad[:, -1])
@@ -101,15 +105,19 @@ def test_curve_inputs_are_checked(linear):
     with pytest.raises(ValueError, match="cell_scores"):
         M.insertion_curve(adapter, x, torch.zeros(5, 15))
     with pytest.raises(ValueError, match="mode"):
-        M.masked_predictions(adapter, x, torch.zeros(5, 16), mode="sideways")
+        M.path_masks(torch.zeros(5, 16), torch.ones(5, 16, dtype=torch.bool), 10, mode="sideways")
 
 
-def test_regression_curves_follow_the_output_value():
-    W = torch.ones(1, 16)
-    adapter = linear_adapter(W, torch.zeros(1))
+def test_regression_curves_are_the_progress_between_the_end_points():
+    # f(x) = −Σ x_i + 2 (16 cells, x = 1): f(x) = −14 < f(∅) = 2, so s = −1 and the gap is 16
+    W = -torch.ones(1, 16)
+    adapter = linear_adapter(W, torch.full((1,), 2.0))
     x = torch.ones(1, 1, 4, 4)
-    curve = M.insertion_curve(adapter, x, torch.arange(16.0).unsqueeze(0), steps=4, target=0, task="regression")
-    torch.testing.assert_close(curve[0], torch.tensor([4.0, 8.0, 12.0, 16.0]))
+    scores = torch.arange(16.0).unsqueeze(0)  # all cells alike for this model
+    ins = M.insertion_curve(adapter, x, scores, steps=4, target=0, task="regression")
+    dele = M.deletion_curve(adapter, x, scores, steps=4, target=0, task="regression")
+    torch.testing.assert_close(ins[0], torch.tensor([4.0, 8.0, 12.0, 16.0], dtype=torch.float64))  # recovered
+    torch.testing.assert_close(dele[0], torch.tensor([12.0, 8.0, 4.0, 0.0], dtype=torch.float64))  # surviving
     with pytest.raises(ValueError, match="regression"):
         M.insertion_curve(adapter, x, torch.zeros(1, 16), task="regression")
 
@@ -160,6 +168,16 @@ def test_top_fraction_cells_keeps_floor_of_the_fraction():
 
 
 # -- fidelity, accuracy -------------------------------------------------------------------------------
+def test_fidelity_measures_the_reconstruction_from_the_reference():
+    logits = torch.tensor([[1.0, -2.0, 0.5]])
+    empty = torch.tensor([[0.3, 4.0, -1.0]])
+    complete = logits - empty  # attributions that sum to f(x) − f(∅) (IG, SHAP)
+    assert float(M.fidelity(logits, complete, reference=empty)[0]) < 1e-12
+    assert float(M.fidelity(logits, complete)[0]) > 0.1  # without the reference it measures f(∅), not the map
+    reg = M.fidelity(torch.tensor([[2.0]]), torch.tensor([[1.5]]), reference=torch.tensor([[0.25]]), task="regression")
+    assert float(reg[0]) == pytest.approx(0.25 ** 2)
+
+
 def test_fidelity_is_zero_when_attributions_sum_to_the_logits_and_a_known_kl_otherwise():
     logits = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
     assert float(M.fidelity(logits, logits.clone()).abs().max()) < 1e-12
@@ -197,19 +215,28 @@ def test_bootstrap_std_is_close_to_the_standard_error():
 
 
 # -- infidelity, max-sensitivity ----------------------------------------------------------------------
-def test_infidelity_is_zero_for_exact_linear_attributions(linear):
+def test_infidelity_uses_yeh_perturbations_and_the_input_factor(linear):
     adapter, W, b, x = linear
     target = adapter(x).argmax(-1)
     gxi = (W[target] * x.flatten(1)).reshape(x.shape)
     grad = W[target].reshape(x.shape)
-    assert float(M.infidelity(adapter, x, gxi, target, perturbation="subset").abs().max()) < 1e-8
+    # I = x ⊙ R: a linear model's gradient predicts f(x) − f(x − I) exactly ...
+    assert float(M.infidelity(adapter, x, grad, target, perturbation="subset").abs().max()) < 1e-8
+    # ... and so does Gradient×Input once the input factor is divided out (I / x = R)
+    assert float(M.infidelity(adapter, x, gxi, target, perturbation="subset", multiply_by_inputs=True).max()) < 1e-8
+    # the input factor counted twice (I ⊙ x ⊙ grad) is not exact: the convention matters
+    assert float(M.infidelity(adapter, x, gxi, target, perturbation="subset").min()) > 1e-3
     assert float(M.infidelity(adapter, x, grad, target, perturbation="noise").abs().max()) < 1e-8
     assert float(M.infidelity(adapter, x, torch.zeros_like(x), target, perturbation="subset").min()) > 0
+    # β-normalised: any positive rescaling of an exact map is exact too
+    assert float(M.infidelity(adapter, x, 7.0 * grad, target, normalize=True).max()) < 1e-8
     with pytest.raises(ValueError, match="perturbation"):
         M.infidelity(adapter, x, grad, target, perturbation="other")
+    with pytest.raises(ValueError, match="multiply"):
+        M.infidelity(adapter, x, grad, target, perturbation="noise", multiply_by_inputs=True)
 
 
-def test_max_sensitivity_of_a_constant_gradient_is_zero(linear):
+def test_max_sensitivity_of_a_constant_gradient_is_zero_and_of_a_zero_map_undefined(linear):
     adapter, W, b, x = linear
     target = adapter(x).argmax(-1)
 
@@ -223,6 +250,9 @@ def test_max_sensitivity_of_a_constant_gradient_is_zero(linear):
     s = M.max_sensitivity(grad_times_input, x, target, radius=0.02)
     assert float(s.max()) > 0 and bool(torch.isfinite(s).all())
     assert torch.equal(s, M.max_sensitivity(grad_times_input, x, target, radius=0.02))  # seeded
+    # ‖Φ(x)‖ = 0: the ratio is undefined, not a perfect 0 (Captum divides by 1 there)
+    zero = M.max_sensitivity(lambda inp, target: 0 * inp, x, target)
+    assert bool(torch.isnan(zero).all())
 
 
 # -- SOP's re-made groups ---------------------------------------------------------------------------

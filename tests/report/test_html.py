@@ -169,3 +169,36 @@ def test_regression_payload():
     assert ex["target"] == "sigma_8" and "Omega_m = " in ex["prediction"] and "sigma_8 = " in ex["label"]
     assert all(g["agrees"] is None and g["predicted"].startswith("sigma_8 = ") for g in ex["groups"])
     assert p["explained"] == "sigma_8"
+
+
+REGRESSION_EVAL = {
+    "task": "cosmology", "metric": "mse", "kind": "regression",
+    "accuracy": [{"method": "backbone", "mse": 0.003, "mse_std": 0.001, "mse_Omega_m": 0.002, "r2_Omega_m": 0.9,
+                  "mse_sigma_8": 0.004, "r2_sigma_8": 0.96, "purity": None, "iou": None, "nonfinite": "0", "n": 500},
+                 {"method": "training mean", "mse": 0.015, "mse_std": 0.001, "mse_Omega_m": 0.02,
+                  "r2_Omega_m": -0.01, "mse_sigma_8": 0.01, "r2_sigma_8": -0.002, "purity": None, "iou": None,
+                  "nonfinite": "0", "n": 500}],
+    "accuracy_columns": ["method", "mse", "mse_std", "mse_Omega_m", "r2_Omega_m", "mse_sigma_8", "r2_sigma_8",
+                         "purity", "iou", "nonfinite", "n"],
+    "faithfulness": [{"method": "SOP", "protocol": "groups re-made at τ = k; SOP's output (paper)", "insertion": 0.7,
+                      "deletion": 0.2, "gap": 0.1, "n": 500}],
+    "faithfulness_columns": ["method", "protocol", "insertion", "deletion", "gap", "n"],
+    "notes": [], "command": "sop evaluate cosmology --n 500",
+    "curves": {"sop": {"label": "SOP (groups re-made at τ = k)", "fractions": [0.5, 1.0], "insertion": [0.4, 1.0],
+                       "deletion": [0.3, 0.0]}},
+}
+
+
+def test_regression_tables_show_each_output_and_the_training_mean():
+    from sumofparts.report.html import _tables_payload
+
+    tables = _tables_payload(REGRESSION_EVAL)
+    acc = tables["accuracy"]
+    assert acc["columns"] == ["method", "mse", "mse_std", "mse_Omega_m", "r2_Omega_m", "mse_sigma_8", "r2_sigma_8",
+                              "nonfinite", "n"]  # purity and IoU are empty on every row: left out
+    assert [r["method"] for r in acc["rows"]] == ["backbone", "training mean"]
+    assert "R² = 1 − SSE/SST" in acc["title"] and "training-mean" in acc["title"]
+    assert "share of the way from the empty input's prediction" in tables["curves_caption"]
+    text = render_html({"task": {"name": "cosmology", "kind": "regression"}, "examples": [], "tables": tables})
+    for needle in ("r2_Omega_m", "training mean", "-0.01", "share of the way"):
+        assert needle in text

@@ -84,7 +84,8 @@ def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> At
         base = key[:-2]
         if base in POST_HOC_METHODS:
             tau = options.pop("tau", 0.2)
-            return FConversion(POST_HOC_METHODS[base](adapter, **options), tau=tau)
+            tie_seed = options.pop("tie_seed", 0)
+            return FConversion(POST_HOC_METHODS[base](adapter, **options), tau=tau, tie_seed=tie_seed)
         if base in SELF_ATTRIBUTING_METHODS:
             raise ConfigError(f"{base!r} is already self-attributing; '-f' applies to the post-hoc methods "
                              f"({', '.join(POST_HOC_METHODS)})")

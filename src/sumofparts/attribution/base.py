@@ -32,6 +32,7 @@ import torch
 
 from ..backbones.base import BackboneAdapter, Inputs, describe
 from ..errors import InputError, InputTypeError
+from ..metrics.ranking import count_of_fraction, top_cells
 
 __all__ = ["AttributionMethod", "GroupedResult", "check_target", "seeded", "top_tau_cells",
            "broadcast_to_input", "cell_representatives"]
@@ -117,25 +118,20 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
+def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float,
+                  keys: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, N)`` scores -> ``(B, N)`` bool: the top ``max(1, floor(tau · n_valid))`` valid cells.
 
-    Ties are broken by cell index (stable sort), NaN scores rank last, and invalid cells
-    (special tokens, padding) are never kept. Same rule as SOP's top-τ binarisation.
+    NaN scores rank last and invalid cells (special tokens, padding) are never kept
+    (:func:`sumofparts.metrics.ranking.cell_ranks`). Ties: ``keys (B, N)`` a random order of the
+    cells (:func:`sumofparts.metrics.ranking.tie_keys`), or ``None`` for the cell index (the
+    model's own top-τ rule).
     """
     if not 0.0 < float(tau) <= 1.0:
         raise InputError(f"tau must be in (0, 1], got {tau!r}")
     if cell_scores.shape != valid.shape:
         raise InputError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
-    n_valid = valid.sum(-1)
-    k = torch.clamp(torch.floor(float(tau) * n_valid.to(torch.float64) + 1e-9).long(), min=1)
-    s = cell_scores.detach().to(torch.float64)
-    s = torch.nan_to_num(s, nan=-torch.finfo(torch.float64).max)
-    s = s.masked_fill(~valid, float("-inf"))
-    order = torch.argsort(s, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return (ranks < k[:, None]) & valid
+    return top_cells(cell_scores, valid, count_of_fraction(valid, float(tau), at_least_one=True), keys)
 
 
 def broadcast_to_input(adapter: BackboneAdapter, cell_values: torch.Tensor, inputs: Inputs) -> torch.Tensor:
@@ -182,6 +178,20 @@ class AttributionMethod:
     grouped: bool = False
     cell_features: bool = False
     families: tuple[str, ...] = ("vit", "cnn", "bert")
+    #: what the attributions add up to (the fidelity metric needs it): ``"baseline"`` — their sum
+    #: is meant to be ``f(x) − f(∅)``, the change from the empty input (completeness: IG, DeepLIFT,
+    #: Shapley values, KernelSHAP, LIME's surrogate); ``"output"`` — ``f(x)`` itself (LRP's
+    #: conservation, a group's own prediction); ``None`` — the scores are not meant to add up to
+    #: anything (gradients, Grad-CAM, RISE, single-cell occlusion), and ``not_additive`` says why.
+    completeness: str | None = None
+    not_additive: str = "its scores are not meant to add up to an output"
+    #: the attribution already contains the input factor (x ⊙ ∂f, or the effect of switching a cell
+    #: between the empty value and its own): infidelity then uses I / x as the perturbation
+    #: (Captum's ``multiply_by_inputs`` convention; see :mod:`sumofparts.metrics.robustness`).
+    multiplies_by_inputs: bool = False
+    #: the method takes ``task=`` ("classification" / "regression") to choose what it weighs
+    #: (RISE: probabilities or output values); the evaluation passes the task's kind.
+    takes_task: bool = False
 
     def __init__(self, adapter: BackboneAdapter, **options: Any):
         if not isinstance(adapter, BackboneAdapter):
@@ -258,6 +268,23 @@ class AttributionMethod:
         """``(B, C)`` logits of the model this method explains (post-hoc: the frozen backbone)."""
         self.adapter.validate(inputs)
         return self.adapter(inputs)
+
+    def cell_ranking(self, inputs: Inputs, target: Target) -> torch.Tensor:
+        """``(B, N)``: the scores the insertion/deletion curves rank cells by (default
+        :meth:`attribute_cells`; a one-group method ranks by the importance it selects its group by)."""
+        return self.attribute_cells(inputs, target)
+
+    def completeness_reference(self, empty_outputs: torch.Tensor) -> torch.Tensor | None:
+        """``(B, C)``: what the attributions' sums are measured from, given the model's outputs on the
+        empty input ``(B, C)``: those outputs (``completeness = "baseline"``), zeros (``"output"``),
+        or ``None`` when the scores are not additive (fidelity is then N/A, see ``not_additive``)."""
+        if self.completeness == "baseline":
+            return empty_outputs
+        if self.completeness == "output":
+            return torch.zeros_like(empty_outputs)
+        if self.completeness is None:
+            return None
+        raise InputError(f"unknown completeness {self.completeness!r} for method {self.name!r}")
 
 
 #: a factory ``(adapter, **options) -> AttributionMethod``

@@ -201,6 +201,8 @@ class LayerIntegratedGradients(LayerMethod):
     CLS token). ``n_steps`` forward and backward passes."""
 
     name = "layer_intgrad"
+    completeness = "baseline"  # Σ over the layer (and so over the cells) = f_t(x) − f_t(x̄)
+    multiplies_by_inputs = True
     defaults = {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": None}
     uses_baselines = True
 
@@ -215,6 +217,7 @@ class LayerGradCAM(LayerMethod):
     bilinear map; here the cells are the map's exact mass.) One forward and one backward pass."""
 
     name = "layer_gradcam"
+    not_additive = ("a ReLU'd class-activation map of a layer: its cells are not meant to add up to the output")
     defaults = {"relu_attributions": True}
 
     @property
@@ -228,6 +231,8 @@ class LayerConductance(LayerMethod):
     over a layer every path crosses. ``n_steps`` forward and backward passes."""
 
     name = "layer_conductance"
+    completeness = "baseline"  # Σ over a layer every path crosses = f_t(x) − f_t(x̄)
+    multiplies_by_inputs = True
     defaults = {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": None}
     uses_baselines = True
 
@@ -242,6 +247,7 @@ class LayerActivation(LayerMethod):
     One forward pass."""
 
     name = "layer_activation"
+    not_additive = "activations, not shares of the output"
     requires_target = False
     neuron_reduce = "norm"
 
@@ -259,6 +265,9 @@ class LayerGradientXActivation(LayerMethod):
     forward and one backward pass."""
 
     name = "layer_gradxactivation"
+    not_additive = ("first-order contributions of the units measured from a zero activation of that layer, not "
+                    "from the empty input: no reference the model can be run at")
+    multiplies_by_inputs = True
 
     @property
     def captum_class(self):

@@ -53,24 +53,38 @@ class RISE(AttributionMethod):
         p: probability of keeping a cell of the low-resolution grid. Default 0.5.
         grid: ``(s_h, s_w)`` of the low-resolution masks (images). Default: half the
             adapter's cell grid, rounded up (7 × 7 for a 14 × 14 ViT, as in the paper).
-        output: ``"prob"`` (softmax probability of the target, the paper's choice) or
-            ``"logit"`` (raw output, for regression).
+        task: ``"classification"`` (default) or ``"regression"``: what the model's outputs are.
+        output: what the masks are weighted by: ``"prob"`` (the softmax probability of the
+            target, the paper's choice for classification) or ``"logit"`` (the raw output: the
+            value of a regression target, whose outputs are separate quantities and not a
+            distribution). Default: ``"prob"`` for classification, ``"logit"`` for regression;
+            ``"prob"`` with ``task="regression"`` is refused.
         batch_size: masked inputs per backbone call (default ``adapter.group_batch_size``).
         seed: seed of the masks.
     """
 
     name = "rise"
+    takes_task = True
+    not_additive = ("RISE's scores are mask-weighted averages of the output, (1/(n·p)) Σ f(x ⊙ M_i) M_i: "
+                    "a saliency, not shares that add up to the output")
 
     def __init__(self, adapter: BackboneAdapter, *, n_masks: int = DEFAULT_SAMPLE_BUDGET, p: float = 0.5,
-                 grid: tuple[int, int] | None = None, output: str = "prob", batch_size: int | None = None,
-                 seed: int = 0):
+                 grid: tuple[int, int] | None = None, task: str = "classification", output: str | None = None,
+                 batch_size: int | None = None, seed: int = 0):
         super().__init__(adapter)
         if int(n_masks) < 1:
             raise InputError(f"n_masks must be >= 1, got {n_masks}")
         if not 0.0 < float(p) <= 1.0:
             raise InputError(f"p must be in (0, 1], got {p}")
+        if task not in ("classification", "regression"):
+            raise InputError(f"task must be 'classification' or 'regression', got {task!r}")
+        output = output or ("prob" if task == "classification" else "logit")
         if output not in ("prob", "logit"):
             raise InputError(f"output must be 'prob' or 'logit', got {output!r}")
+        if task == "regression" and output == "prob":
+            raise InputError("output='prob' takes a softmax over the outputs, which for regression are separate "
+                             "targets (e.g. Omega_m and sigma_8), not classes: use output='logit'")
+        self.task = task
         self.n_masks, self.p, self.output, self.seed = int(n_masks), float(p), output, int(seed)
         self.batch_size = int(batch_size or adapter.group_batch_size)
         if adapter.cell_grid is not None:

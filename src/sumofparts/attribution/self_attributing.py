@@ -27,6 +27,7 @@ from ..backbones.base import BackboneAdapter, Inputs
 from ..backbones.registry import register_backbone
 from ..errors import CheckpointError, InputError, InputTypeError
 from ..io import load_tensors, save_tensors
+from ..metrics.ranking import tie_keys
 from ..validation import Field
 from .base import AttributionMethod, GroupedResult, Target, top_tau_cells
 
@@ -45,19 +46,30 @@ class _OneGroupMethod(AttributionMethod):
     logit for the target."""
 
     grouped = True
+    completeness = "output"  # the group's score is the prediction itself
+    multiplies_by_inputs = True
 
-    def __init__(self, adapter: BackboneAdapter, *, tau: float = 0.2):
+    def __init__(self, adapter: BackboneAdapter, *, tau: float = 0.2, tie_seed: int | None = 0):
         super().__init__(adapter)
         self.tau = _check_tau(tau)
+        self.tie_seed = tie_seed
 
     def cell_importance(self, inputs: Inputs, target: torch.Tensor) -> torch.Tensor:
         """``(B, N)``: the scores the group is chosen by."""
         raise NotImplementedError
 
+    def cell_ranking(self, inputs: Inputs, target: Target) -> torch.Tensor:
+        """The importance the group is selected by (the curves rank cells by it)."""
+        return self.cell_importance(inputs, self._prepare(inputs, target))
+
     def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
         t = self._prepare(inputs, target)
         importance = self.cell_importance(inputs, t)
-        masks = top_tau_cells(importance, self.adapter.valid_cells(inputs), self.tau).unsqueeze(1)  # (B, 1, N)
+        valid = self.adapter.valid_cells(inputs)
+        # ties (e.g. a map that is 0 on many cells) in a seeded random order of the cells, not the raster
+        keys = None if self.tie_seed is None else tie_keys(range(valid.shape[0]), valid.shape[1], 1,
+                                                           self.tie_seed)[:, 0]
+        masks = top_tau_cells(importance, valid, self.tau, keys).unsqueeze(1)  # (B, 1, N)
         with torch.no_grad():
             logits, _ = self.adapter.forward_groups(inputs, masks)
         prediction = logits[:, 0]
@@ -109,13 +121,13 @@ class FConversion(_OneGroupMethod):
     :meth:`predict` explains the backbone's own predicted class.
     """
 
-    def __init__(self, method: AttributionMethod, *, tau: float = 0.2):
+    def __init__(self, method: AttributionMethod, *, tau: float = 0.2, tie_seed: int | None = 0):
         if not isinstance(method, AttributionMethod):
             raise InputTypeError(f"FConversion wraps an AttributionMethod, got {type(method).__name__}")
         if method.grouped:
             raise InputError(f"method {method.name!r} is already self-attributing; '-F' applies to post-hoc methods")
         self.families = method.families
-        super().__init__(method.adapter, tau=tau)
+        super().__init__(method.adapter, tau=tau, tie_seed=tie_seed)
         self.method = method
         self.name = f"{method.name}-f"
 
@@ -141,6 +153,8 @@ class SOPMethod(AttributionMethod):
 
     name = "sop"
     grouped = True
+    completeness = "base_value"  # Σ group attributions = f(x) − b
+    multiplies_by_inputs = True
 
     def __init__(self, adapter: BackboneAdapter | None = None, *, model: nn.Module):
         from ..model import SumOfParts
@@ -157,6 +171,10 @@ class SOPMethod(AttributionMethod):
         if isinstance(inputs, torch.Tensor):
             return attr.unsqueeze(1).expand(-1, inputs.shape[1], *attr.shape[1:]).contiguous()
         return attr
+
+    def completeness_reference(self, empty_outputs: torch.Tensor) -> torch.Tensor:
+        """SOP's attributions add up to ``f(x) − b``: the reference is the base value b."""
+        return self.model.base_value.to(empty_outputs).expand_as(empty_outputs)
 
     def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
         t = self._prepare(inputs, target)
@@ -310,6 +328,8 @@ class BagNetMethod(AttributionMethod):
 
     name = "bagnet"
     families = ("vit", "cnn")
+    completeness = "output"  # the patch shares add up to the BagNet's own logit
+    multiplies_by_inputs = True
 
     def __init__(self, adapter: BackboneAdapter, *, model: BagNetModel | None = None, train_data: Dataset | None = None,
                  steps: int = 500, width: int = 64, depth: int = 2, seed: int = 0, progress: bool = False):

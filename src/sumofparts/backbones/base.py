@@ -210,6 +210,12 @@ class BackboneAdapter(nn.Module):
         """Inputs restricted to groups: ``masks (B, G, N)`` -> a batch of B·G masked inputs."""
         raise NotImplementedError
 
+    def restrict_inputs(self, inputs: Inputs, masks: torch.Tensor) -> Inputs:
+        """The B·G inputs restricted to groups ``masks (B, G, N)``, in the inputs' own format, so that
+        any model taking these inputs (SOP itself, a BagNet) can score them; the backbone gives them the
+        same outputs as to :meth:`mask_inputs`'s. Default: :meth:`mask_inputs` (images, features)."""
+        return self.mask_inputs(inputs, masks)
+
     #: the ways this family can show the backbone a group of cells: ``"zero"`` (the other cells
     #: set to the baseline: zeroed pixels, [MASK] tokens) and, where the family allows it,
     #: ``"drop"`` (the other cells removed from the input, e.g. ViT patch tokens).

@@ -229,6 +229,19 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
                 out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
 
+    def restrict_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Token ids with every real token outside the group replaced by the mask token (whose word
+        embedding is exactly what :meth:`mask_inputs` puts there): ``masks (B, G, L)`` -> B·G inputs."""
+        B, G, L = masks.shape
+        ids = inputs["input_ids"]
+        hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L)
+        out = {"input_ids": torch.where(hide, torch.full_like(ids, self.mask_token_id).unsqueeze(1).expand(B, G, L),
+                                        ids.unsqueeze(1).expand(B, G, L)).reshape(B * G, L)}
+        for key in ("attention_mask", "token_type_ids"):
+            if key in inputs:
+                out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
+        return out
+
     # layers
     def embedding_module(self) -> nn.Module:
         return self.model.base_model.embeddings

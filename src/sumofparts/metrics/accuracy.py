@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 from ..errors import InputError
 
-__all__ = ["per_example_error", "error", "per_example_squared_error", "mse", "sparsity_curve"]
+__all__ = ["per_example_error", "error", "per_example_squared_error", "mse", "per_target_mse", "r2_score",
+           "sparsity_curve"]
 
 
 def _check_logits(pred: torch.Tensor, name: str = "pred_logits") -> torch.Tensor:
@@ -53,12 +54,37 @@ def mse(pred: torch.Tensor, targets: torch.Tensor) -> float:
     return float(per_example_squared_error(pred, targets).mean())
 
 
+def per_target_mse(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` float64: the mean squared error of each output over the examples.
+
+    ``pred, targets: (B, T)``.
+    """
+    pred = _check_logits(pred, "pred").to(torch.float64)
+    targets = torch.as_tensor(targets, device=pred.device).to(torch.float64).reshape(pred.shape)
+    return ((pred - targets) ** 2).mean(0)
+
+
+def r2_score(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` float64: the coefficient of determination of each output, ``R² = 1 − SSE / SST``.
+
+    ``SSE = Σ_b (pred_b − y_b)²`` and ``SST = Σ_b (y_b − ȳ)²`` with ȳ the mean of the given
+    targets: 0 for predicting their mean, 1 for a perfect fit, negative for worse than the mean.
+    NaN for an output whose targets are all equal (SST = 0). ``pred, targets: (B, T)``.
+    """
+    pred = _check_logits(pred, "pred").to(torch.float64)
+    targets = torch.as_tensor(targets, device=pred.device).to(torch.float64).reshape(pred.shape)
+    sse = ((pred - targets) ** 2).sum(0)
+    sst = ((targets - targets.mean(0)) ** 2).sum(0)
+    return torch.where(sst > 0, 1.0 - sse / sst.clamp(min=torch.finfo(torch.float64).tiny),
+                       torch.full_like(sst, float("nan")))
+
+
 def sparsity_curve(logits_per_fraction: torch.Tensor, labels: torch.Tensor,
                    fractions: Sequence[float] | None = None, *, task: str = "classification") -> dict:
     """Accuracy (or MSE) as a function of the fraction k of cells the prediction may use.
 
     ``logits_per_fraction: (B, S, C)``: the prediction made from the top-k cells for each of
-    the S fractions (what :func:`~sumofparts.metrics.masked_predictions` or
+    the S fractions (what :func:`~sumofparts.metrics.masked_outputs` or
     :func:`~sumofparts.metrics.sop_curves` return). Returns ``{"fractions": [...],
     "accuracy": [...]}`` (classification) or ``{"fractions": [...], "mse": [...]}``.
     """

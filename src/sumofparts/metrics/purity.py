@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from ..errors import InputError
 
+from .ranking import count_of_fraction, top_cells
+
 __all__ = ["purity", "iou", "top_fraction_cells", "grouped_union", "grouped_purity"]
 
 
@@ -53,30 +55,19 @@ def iou(masks: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
 
 
 def top_fraction_cells(cell_scores: torch.Tensor, fraction: float = 0.2,
-                       valid: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, N)`` bool: the top ``floor(fraction · n_valid)`` valid cells by score (at least one).
+                       valid: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, N)`` bool: the top ``max(1, floor(fraction · n_valid))`` valid cells by score.
 
-    Ties are broken by cell index (stable sort). This is the region a post-hoc
-    attribution selects, the same one its "-F" conversion predicts from.
+    The region a post-hoc attribution selects, the one its "-F" conversion predicts from.
+    Order and ties as :func:`~sumofparts.metrics.ranking.cell_ranks`: ``keys (B, N)`` a random
+    tie-break order, ``None`` by cell index.
     """
     if cell_scores.ndim != 2:
         raise InputError(f"expected cell_scores of shape (B, N), got {tuple(cell_scores.shape)}")
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"fraction must be in (0, 1], got {fraction}")
     valid = torch.ones_like(cell_scores, dtype=torch.bool) if valid is None else valid.bool()
-    k = torch.clamp(torch.floor(fraction * valid.sum(-1).double() + 1e-9).long(), min=1)
-    ranks = _ranks(cell_scores, valid)
-    return (ranks < k[:, None]) & valid
-
-
-def _ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Rank of each cell by descending score among the valid ones (NaN next to last, invalid cells last)."""
-    s = torch.nan_to_num(scores.detach().to(torch.float64), nan=-torch.finfo(torch.float64).max)
-    s = s.masked_fill(~valid, float("-inf"))
-    order = torch.argsort(s, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return ranks
+    return top_cells(cell_scores, valid, count_of_fraction(valid, fraction, at_least_one=True), keys)
 
 
 def grouped_union(masks: torch.Tensor, scores: torch.Tensor, fraction: float = 0.2, *,

@@ -20,7 +20,8 @@ Payload schema (plain JSON types; every ``*image*``/``thumbnail``/figure value i
         "accuracy":     {"title": str, "columns": [str], "rows": [{column: value}]} | null,
         "faithfulness": {"title": str, "columns": [str], "rows": [{column: value}]} | null,
         "notes": [str], "command": str | null,
-        "curves_figure": data-uri | null                                  # insertion/deletion curves
+        "curves_figure": data-uri | null,                                 # insertion/deletion curves
+        "curves_caption": str                                             # what their y axis is
       } | null,
       "explained": str,             # which output the explorer explains ("predicted class" or a name)
       "examples": [{
@@ -163,16 +164,33 @@ def _tables_payload(ev: Mapping[str, Any] | None) -> dict | None:
         return None
     out: dict[str, Any] = {"notes": list(ev.get("notes") or []), "command": ev.get("command")}
     metric = ev.get("metric", "error")
-    for key, title in (("accuracy", f"Accuracy and purity ({'MSE' if metric == 'mse' else 'error'} ↓, purity ↑)"),
-                       ("faithfulness", "Faithfulness (fidelity ↓, insertion ↑, deletion ↓)")):
+    regression = ev.get("kind") == "regression"
+    acc_title = ("Accuracy (MSE ↓ averaged over the outputs; each output's MSE and R² = 1 − SSE/SST on the "
+                 "evaluated items, beside the training-mean predictor)" if metric == "mse"
+                 else "Accuracy and purity (error ↓, purity ↑)")
+    for key, title in (("accuracy", acc_title),
+                       ("faithfulness", "Faithfulness (fidelity ↓, insertion ↑, deletion ↓; raw values and the "
+                                        "paper's normaliser beside them)")):
         rows = ev.get(key)
-        out[key] = ({"title": title, "columns": _columns(rows, ev.get(f"{key}_columns")), "rows": _clean(rows)}
-                    if rows else None)
-    curves = {k: v for k, v in (ev.get("curves") or {}).items()
+        if not rows:
+            out[key] = None
+            continue
+        # columns that are empty on every row (e.g. purity on a task without a foreground) are left out
+        cols = [c for c in _columns(rows, ev.get(f"{key}_columns"))
+                if c == "method" or any(r.get(c) is not None for r in rows)]
+        out[key] = {"title": title, "columns": cols, "rows": _clean(rows)}
+    curves = {str(v.get("label") or k): v for k, v in (ev.get("curves") or {}).items()
               if isinstance(v, Mapping) and "fractions" in v and (v.get("insertion") or v.get("deletion"))}
     out["curves_figure"] = None
+    out["curves_caption"] = (
+        "Insertion: the top-k fraction of cells (by the method's attribution) kept, the rest emptied; deletion: the "
+        "top-k removed. y: " + ("the share of the way from the empty input's prediction to the full input's that the "
+                                "kept cells recover (insertion) or that survives the removal (deletion), Σ over items "
+                                "/ Σ |f(x) − f(∅)|; saturating at the end points" if regression else
+                                "the probability of the class predicted on the full input") +
+        ", over the evaluated items. SOP's paper protocol re-makes its groups at τ = k instead.")
     if curves:
-        ylabel = ("model output for the explained target" if ev.get("kind") == "regression"
+        ylabel = ("share of the way from f(∅) to f(x)" if regression
                   else "probability of the originally predicted class")
         out["curves_figure"] = F.figure_data_uri(F.curves_figure(curves, ylabel=ylabel))
     return out
@@ -671,10 +689,10 @@ def render_html(payload: Mapping[str, Any]) -> str:
             parts.append('<details><summary>Why some cells are N/A</summary><ul>' +
                          "".join(f"<li>{esc(str(n))}</li>" for n in tables["notes"]) + "</ul></details>")
         if tables.get("curves_figure"):
+            caption = tables.get("curves_caption") or ("Insertion: the top-k fraction of cells by attribution kept; "
+                                                       "deletion: the top-k removed.")
             parts.append('<figure><img alt="insertion and deletion curves" src="' + esc(tables["curves_figure"]) +
-                         '"><figcaption>Insertion: the top-k fraction of cells by attribution kept, the rest zeroed; '
-                         'deletion: the top-k removed. y: the probability of the class predicted on the full input '
-                         '(the output for regression), averaged over the evaluated items.</figcaption></figure>')
+                         f'"><figcaption>{esc(caption)}</figcaption></figure>')
         if tables.get("command"):
             parts.append(f'<p class="muted">Tables from: <code>{esc(str(tables["command"]))}</code></p>')
     else:

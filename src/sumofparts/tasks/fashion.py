@@ -510,6 +510,7 @@ class FashionTask(Task):
         "blur_kernel": 0,         # no blur: the 8x8 grid is too coarse for it
         "selector_scale": 1.0,    # s_s: the 10-class logits of this ViT are O(1)
     }
+    eval_n = 500  # test images the evaluation of `sop run fashion` uses
     train_defaults = {
         "steps": 300,
         "batch_size": 32,

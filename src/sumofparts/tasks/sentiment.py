@@ -517,7 +517,7 @@ class SentimentTask(Task):
                       "eval_every": 50, "val_batches": 20}
     output_names = OUTPUT_NAMES
     #: SOP's 10-step insertion/deletion curves on MiniLM cost about 80 s per 16 sentences on 2 cores
-    eval_n = 32
+    eval_n = 300
 
     def load_data(self, cache_dir: Path, *, size: str = "default", seed: int = 0,
                   progress: bool = True) -> TaskData:
