@@ -31,7 +31,7 @@ from torch import nn
 from sumofparts.analysis.layers import layer_activations, layer_gradients, select_layers
 from sumofparts.analysis.tcav import (TCAV, ConceptSet, ConceptSets, _welch, directional_derivatives, fit_cav,
                                       tcav_scores)
-from sumofparts.backbones import TabularAdapter
+from sumofparts.adapters import TabularAdapter
 
 D = 20
 

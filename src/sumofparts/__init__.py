@@ -5,7 +5,7 @@
 >>> out = sop(x)                          # prediction = weighted sum of group predictions
 >>> expl = sop.explain(x, target=3)       # groups, weights and a per-pixel attribution map
 """
-from .backbones import BackboneAdapter, BertAdapter, CNNAdapter, ViTAdapter
+from .adapters import BackboneAdapter, BertAdapter, CNNAdapter, ViTAdapter
 from .model import GroupedExplanation, GroupInfo, SOPConfig, SOPOutput, SumOfParts
 from .training import TrainConfig, TrainResult, train
 

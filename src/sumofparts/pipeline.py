@@ -160,7 +160,7 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
                                  "notes": tables.notes, "files": {k: str(v) for k, v in tables.paths.items()}}
         results.setdefault("after", []).append(tables.markdown())
     if report:
-        from .report.cli import write_task_report
+        from .report.build import write_task_report
 
         results["report"] = str(out_dir / "report.html")
         atomic_write_json(out_dir / "results.json", results)

@@ -7,7 +7,7 @@ import torch
 from sumofparts import SOPConfig, SumOfParts
 from sumofparts.analysis.compare import (ModelView, compare_models, comparison_markdown, diagonal_figure,
                                          heatmap_figure, pca_figure, resolve_model)
-from sumofparts.backbones import CNNAdapter
+from sumofparts.adapters import CNNAdapter
 
 from conftest import tiny_cnn
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from sumofparts import SOPConfig, SumOfParts
 from sumofparts.analysis.layers import LayerError, layer_activations, layer_gradients, select_layers
-from sumofparts.backbones import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
 
 from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from sumofparts.analysis.html import analysis_payload, render_analysis
 from sumofparts.model import SOPConfig, SumOfParts
-from sumofparts.report.cli import write_task_report
+from sumofparts.report.build import write_task_report
 from sumofparts.tasks import TaskData
 from sumofparts.tasks.synthetic import BarsCNN, SyntheticTask, make_bars
 

@@ -9,7 +9,7 @@ from torch import nn
 from sumofparts.analysis.layers import LayerError, layer_activations, layer_gradients, select_layers
 from sumofparts.analysis.tcav import (TCAV, ConceptError, ConceptSet, ConceptSets, directional_derivatives, fit_cav,
                                       holm, logistic_regression, tcav_scores)
-from sumofparts.backbones import TabularAdapter
+from sumofparts.adapters import TabularAdapter
 
 D = 20
 

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from sumofparts import SumOfParts
 from sumofparts.attribution import (AttributionMethod, BagNetMethod, BagNetModel, GroupedResult, available_methods,
                                     get_method)
-from sumofparts.backbones import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
 from sumofparts.tasks.synthetic import make_bars
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 from torch import nn
 
 from sumofparts.attribution import get_method
-from sumofparts.backbones import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

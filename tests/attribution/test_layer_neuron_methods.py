@@ -10,9 +10,9 @@ from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 from torch import nn
 
 from sumofparts.attribution import available_methods, get_method
-from sumofparts.attribution.layer_methods import area_resample
-from sumofparts.backbones import BertAdapter, CNNAdapter, TabularAdapter, ViTAdapter
-from sumofparts.backbones.base import UnknownLayerError
+from sumofparts.attribution.layer import area_resample
+from sumofparts.adapters import BertAdapter, CNNAdapter, TabularAdapter, ViTAdapter
+from sumofparts.adapters.base import UnknownLayerError
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 import sumofparts.attribution as attribution
 from sumofparts.attribution import AttributionMethod
-from sumofparts.backbones import CNNAdapter
+from sumofparts.adapters import CNNAdapter
 from sumofparts.model import SOPConfig, SumOfParts
 from sumofparts.tasks import TaskData
 

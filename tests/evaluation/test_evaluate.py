@@ -222,7 +222,7 @@ def test_text_tasks_get_both_sop_protocols():
     an input with every token masked has no group, and SOP's prediction from no groups is its base value."""
     from conftest import text_batch, tiny_bert
 
-    from sumofparts.backbones import BertAdapter
+    from sumofparts.adapters import BertAdapter
     from sumofparts.model import SOPConfig, SumOfParts
     from sumofparts.tasks import TaskData
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import sumofparts.evaluation as evaluation
+import sumofparts.evaluation.evaluate as evaluation
 from eval_helpers import trained  # noqa: F401 (fixture)
 from sumofparts.evaluation import evaluate_task
 

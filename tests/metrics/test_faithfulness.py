@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sumofparts import metrics as M
-from sumofparts.backbones import CNNAdapter
+from sumofparts.adapters import CNNAdapter
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sumofparts import SOPConfig, TrainConfig
-from sumofparts.cli_types import parse_overrides
+from sumofparts.cli.arguments import parse_overrides
 from sumofparts.errors import ConfigError
 from sumofparts.model.config import SOP_CONFIG_FIELDS
 from sumofparts.training import TRAIN_CONFIG_FIELDS

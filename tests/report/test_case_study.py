@@ -131,7 +131,7 @@ def test_run_case_study_writes_files(tmp_path):
     """run_case_study on a stand-in regression task: a tiny CNN SOP on 1-channel maps."""
     from torch.utils.data import TensorDataset
 
-    from sumofparts.backbones import CNNAdapter
+    from sumofparts.adapters import CNNAdapter
     from sumofparts.model import SOPConfig, SumOfParts
     from sumofparts.tasks import TaskData
     from sumofparts.tasks.synthetic import BarsCNN

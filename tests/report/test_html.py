@@ -155,7 +155,7 @@ def test_text_payload_and_report(tmp_path):
 def test_regression_payload():
     from torch.utils.data import TensorDataset as TD
 
-    from sumofparts.backbones import CNNAdapter
+    from sumofparts.adapters import CNNAdapter
 
     torch.manual_seed(0)
     x = torch.randn(4, 1, 16, 16)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from sumofparts.backbones import BertAdapter, CNNAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter
 from sumofparts.tasks.base import TaskData
 from sumofparts.tasks.concepts import (cosmology_concepts, fashion_concepts, log_odds_lexicon, sentiment_concepts,
                                        window_masks)

@@ -170,9 +170,9 @@ def test_trains_and_caches_when_weights_do_not_match(small, tmp_path, monkeypatc
 
 
 def test_make_adapter():
-    backbones = pytest.importorskip("sumofparts.backbones")
+    backbones = pytest.importorskip("sumofparts.adapters")
     if not hasattr(backbones, "CNNAdapter") or not hasattr(backbones, "ViTAdapter"):
-        pytest.skip("the adapters are not in sumofparts.backbones yet")
+        pytest.skip("the adapters are not in sumofparts.adapters yet")
     task = FashionTask()
     cnn = task.make_adapter(FashionCNN())
     assert type(cnn).__name__ == "CNNAdapter"
@@ -181,9 +181,9 @@ def test_make_adapter():
 
 
 def test_adapters_run_on_groups():
-    backbones = pytest.importorskip("sumofparts.backbones")
+    backbones = pytest.importorskip("sumofparts.adapters")
     if not hasattr(backbones, "CNNAdapter") or not hasattr(backbones, "ViTAdapter"):
-        pytest.skip("the adapters are not in sumofparts.backbones yet")
+        pytest.skip("the adapters are not in sumofparts.adapters yet")
     task = FashionTask()
     torch.manual_seed(0)
     x = torch.randn(2, 1, 32, 32)

@@ -157,7 +157,7 @@ def test_other_split_does_not_use_committed(tmp_path):
 
 
 def test_adapter(backbone):
-    backbones = pytest.importorskip("sumofparts.backbones")
+    backbones = pytest.importorskip("sumofparts.adapters")
     if not hasattr(backbones, "BertAdapter"):
         pytest.skip("BertAdapter not written yet")
     assert SentimentTask().make_adapter(backbone) is not None

@@ -15,7 +15,7 @@ from sumofparts.theory import (
     total_deletion_error,
     total_insertion_error,
 )
-from sumofparts.theory.cli import main, register
+from sumofparts.cli.theory import main, register
 from sumofparts.theory.report import format_markdown, theory_rows, write_report
 
 torch.set_num_threads(1)

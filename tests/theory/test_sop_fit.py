@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sumofparts.backbones import IdentityHead, TabularAdapter
+from sumofparts.adapters import IdentityHead, TabularAdapter
 from sumofparts.theory import binomial
 from sumofparts.theory.errors import grouped_insertion_errors, subset_values
 from sumofparts.theory.lp import solve_primal

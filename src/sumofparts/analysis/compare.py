@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..adapters.base import BackboneAdapter, Inputs
 from . import similarity as S
 from .layers import layer_activations, select_layers
 from ..errors import InputError, MissingFileError

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter, Inputs, UnknownLayerError
+from ..adapters.base import BackboneAdapter, Inputs, UnknownLayerError
 from ..errors import InputError, InputTypeError
 
 __all__ = ["LayerError", "select_layers", "layer_activations", "layer_gradients", "concat_inputs", "num_inputs"]
@@ -27,7 +27,7 @@ __all__ = ["LayerError", "select_layers", "layer_activations", "layer_gradients"
 
 class LayerError(UnknownLayerError):
     """A layer that cannot be read: a name the model does not have, or a layer its forward does
-    not run (a :class:`~sumofparts.backbones.base.UnknownLayerError`, so a ``ValueError``)."""
+    not run (a :class:`~sumofparts.adapters.base.UnknownLayerError`, so a ``ValueError``)."""
 
 
 def select_layers(available: Mapping[str, nn.Module], names: Sequence[str] | None = None) -> dict[str, nn.Module]:

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..adapters.base import BackboneAdapter, Inputs
 from .layers import layer_activations, layer_gradients, num_inputs, select_layers
 from ..errors import InputError
 

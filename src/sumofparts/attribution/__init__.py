@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..backbones.base import BackboneAdapter
+from ..adapters.base import BackboneAdapter
 from ..errors import ConfigError, InputTypeError
 from .base import AttributionMethod, GroupedResult, check_target, top_tau_cells
 from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, CaptumMethod, Deconvolution, DeepLift,
                              EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
                              GuidedGradCAM, IntegratedGradients, KernelSHAP, Occlusion, Saliency,
                              ShapleyValueSampling, SmoothGrad)
-from .layer_methods import (LAYER_METHODS, NEURON_METHODS, LayerActivation, LayerConductance, LayerGradCAM,
+from .layer import (LAYER_METHODS, NEURON_METHODS, LayerActivation, LayerConductance, LayerGradCAM,
                             LayerGradientXActivation, LayerIntegratedGradients, LayerMethod, NeuronConductance,
                             NeuronGradient, NeuronIntegratedGradients, NeuronMethod)
 from .rise import RISE

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..backbones.base import BackboneAdapter, Inputs, describe
+from ..adapters.base import BackboneAdapter, Inputs, describe
 from ..errors import InputError, InputTypeError
 from ..metrics.ranking import count_of_fraction, top_cells
 

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..adapters.base import BackboneAdapter, Inputs
 from .base import AttributionMethod, seeded
 from ..errors import InputTypeError
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..adapters.base import BackboneAdapter, Inputs
 from .base import AttributionMethod
 from .captum_methods import DEFAULT_SAMPLE_BUDGET
 from ..errors import InputError, InputTypeError

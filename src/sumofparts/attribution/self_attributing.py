@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..backbones.base import BackboneAdapter, Inputs
-from ..backbones.registry import register_backbone
+from ..adapters.base import BackboneAdapter, Inputs
+from ..adapters.registry import register_backbone
 from ..errors import CheckpointError, InputError, InputTypeError
 from ..io import load_tensors, save_tensors
 from ..metrics.ranking import tie_keys
@@ -301,7 +301,7 @@ class BagNetModel(nn.Module):
     def load(cls, path: str | Path) -> "BagNetModel":
         """Rebuild from :meth:`save`'s file: the arguments in its metadata are checked against the
         registered schema (``bagnet``) before anything is built."""
-        from ..backbones.registry import build_backbone
+        from ..adapters.registry import build_backbone
         from ..io import tensor_metadata
 
         meta = tensor_metadata(path).get("bagnet")

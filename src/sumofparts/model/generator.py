@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbones.base import gaussian_kernel
+from ..adapters.base import gaussian_kernel
 from ..errors import ConfigError
 from ..ops import cell_counts, top_cells
 

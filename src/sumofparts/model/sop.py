@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..backbones import ADAPTERS, BackboneAdapter, adapter_from_spec
+from ..adapters import ADAPTERS, BackboneAdapter, adapter_from_spec
 from ..errors import CheckpointError, ConfigError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_directory, atomic_write_json, load_tensors, read_json, recover_directory, save_tensors
 from .config import SOPConfig

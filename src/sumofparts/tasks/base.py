@@ -80,7 +80,7 @@ class Task:
         raise NotImplementedError
 
     def make_adapter(self, model: nn.Module):
-        """Wrap the backbone in its :class:`~sumofparts.backbones.BackboneAdapter`."""
+        """Wrap the backbone in its :class:`~sumofparts.adapters.BackboneAdapter`."""
         raise NotImplementedError
 
     def augmentation(self) -> Callable[[Any, torch.Generator], Any] | None:

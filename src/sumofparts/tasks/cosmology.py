@@ -602,7 +602,7 @@ class CosmologyTask(Task):
         return _freeze(model)
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import CNNAdapter
+        from ..adapters import CNNAdapter
 
         return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(14, 14),
                           input_shape=tuple(getattr(model, "input_shape", (1, 66, 66))))

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.registry import register_backbone
+from ..adapters.registry import register_backbone
 from ..validation import Field
 from ..errors import InputError
 

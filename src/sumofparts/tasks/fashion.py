@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from ..backbones.registry import register_backbone
+from ..adapters.registry import register_backbone
 from ..errors import CheckpointError, ConfigError, CorruptFileError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from ..validation import Field
@@ -613,7 +613,7 @@ class FashionTask(Task):
         return save_backbone(model, info, path)
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import CNNAdapter, ViTAdapter
+        from ..adapters import CNNAdapter, ViTAdapter
 
         if isinstance(model, FashionCNN):
             return CNNAdapter(model, feature_layer=FashionCNN.feature_layer, classifier="head",

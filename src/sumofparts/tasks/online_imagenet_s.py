@@ -670,6 +670,6 @@ class ImageNetSTask(Task):
         return vit
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import ViTAdapter
+        from ..adapters import ViTAdapter
 
         return ViTAdapter(model)

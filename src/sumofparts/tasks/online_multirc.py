@@ -439,7 +439,7 @@ class MultiRCTask(Task):
         return model
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import BertAdapter
+        from ..adapters import BertAdapter
 
         return BertAdapter(model)
 

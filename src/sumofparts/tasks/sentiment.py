@@ -648,7 +648,7 @@ class SentimentTask(Task):
         return _freeze(model)
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import BertAdapter
+        from ..adapters import BertAdapter
 
         return BertAdapter(model)
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ..backbones.registry import register_backbone
+from ..adapters.registry import register_backbone
 from ..errors import ConfigError, MissingFileError
 from ..io import content_hash, load_tensors, save_tensors
 from ..validation import Field
@@ -133,6 +133,6 @@ class SyntheticTask(Task):
         return model.eval()
 
     def make_adapter(self, model: nn.Module):
-        from ..backbones import CNNAdapter
+        from ..adapters import CNNAdapter
 
         return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(4, 4))

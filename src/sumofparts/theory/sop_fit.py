@@ -1,7 +1,7 @@
 """An SOP model trained on a polynomial, and its grouped attribution for the theory table.
 
 The backbone is the polynomial itself (frozen, wrapped with an identity head), the
-cells are the d features (:class:`~sumofparts.backbones.TabularAdapter`), and the
+cells are the d features (:class:`~sumofparts.adapters.TabularAdapter`), and the
 groups hold ``floor(tau·d)`` features with ``tau = 2/3`` — the size of S1∪S2 and
 S2∪S3. SOP is trained by regression on random binary inputs (each feature present
 with probability ``p_keep``).
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..backbones import IdentityHead, TabularAdapter
+from ..adapters import IdentityHead, TabularAdapter
 from ..model import SOPConfig, SumOfParts
 from ..training import TrainConfig, train
 

@@ -35,9 +35,9 @@ def run_concepts(task_name: str, out_dir: Path, *, checkpoint: Path | None = Non
     from ..io import atomic_write_json, atomic_write_text
     from ..report.figures import save_figure
     from ..tasks import default_cache_dir, get_task
-    from .compare import resolve_model
-    from .tcav import TCAV
-    from .tcav_report import TCAV_COLUMNS, tcav_figure, tcav_markdown
+    from ..analysis.compare import resolve_model
+    from ..analysis.tcav import TCAV
+    from ..analysis.tcav_report import TCAV_COLUMNS, tcav_figure, tcav_markdown
 
     if checkpoint is not None and weights is not None:
         raise InputError("give either --checkpoint (an SOP model's backbone) or --weights, not both")
@@ -94,7 +94,7 @@ def _join(sop, data, sets, result, out_dir: Path, *, n: int | None, seed: int, c
     from ..io import atomic_write_json, atomic_write_text
     from ..report.case_study import run_case_study
     from ..report.figures import save_figure
-    from .tcav_report import tcav_vs_sop, tcav_vs_sop_figure, tcav_vs_sop_markdown
+    from ..analysis.tcav_report import tcav_vs_sop, tcav_vs_sop_figure, tcav_vs_sop_markdown
 
     case = run_case_study(sop, data, out_dir / "case_study", n=n, seed=seed, command=command)
     join = tcav_vs_sop(result, sets, case)

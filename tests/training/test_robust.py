@@ -1,4 +1,4 @@
-"""Group-robust fine-tuning (sumofparts.robust) and the cell operations it draws its groups with."""
+"""Group-robust fine-tuning (sumofparts.training.robust) and the cell operations it draws its groups with."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 from conftest import text_batch, tiny_bert, tiny_vit
 from torch.utils.data import TensorDataset
 
-from sumofparts.backbones import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
 from sumofparts.ops import cell_counts, cell_ranks, random_cell_masks, top_cells
-from sumofparts.robust import RobustConfig, masked_predictor, robust_finetune
+from sumofparts.training.robust import RobustConfig, masked_predictor, robust_finetune
 from sumofparts.tasks.synthetic import BarsCNN, fit_classifier, make_bars
 
 

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..cli_types import NONNEGATIVE_INT, POSITIVE_INT
+from ..cli.arguments import NONNEGATIVE_INT, POSITIVE_INT
 from ..errors import ConfigError
 
 __all__ = ["register", "write_task_report", "default_report_methods", "method_callables"]

@@ -26,9 +26,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from ..tasks import default_cache_dir, get_task
-    from .attribution import DEFAULT_IG_STEPS, DEFAULT_LAYER
-    from .study import run_segmentation
-    from .unet import load_unet
+    from ..segmentation.attribution import DEFAULT_IG_STEPS, DEFAULT_LAYER
+    from ..segmentation.study import run_segmentation
+    from ..segmentation.unet import load_unet
 
     if args.threads:
         torch.set_num_threads(args.threads)

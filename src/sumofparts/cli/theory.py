@@ -1,6 +1,6 @@
 """``sop theory``: the exact insertion/deletion-error table of the binomial, printed and written.
 
-The main CLI calls :func:`register` on its subparsers; ``python -m sumofparts.theory.cli`` runs the
+The main CLI calls :func:`register` on its subparsers; ``python -m sumofparts.cli.theory`` runs the
 same command stand-alone.
 """
 from __future__ import annotations
@@ -9,13 +9,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..cli_types import NONNEGATIVE_INT, POSITIVE_INT
+from .arguments import NONNEGATIVE_INT, POSITIVE_INT
 
 __all__ = ["register", "main_theory", "build_parser", "main"]
 
 
 def _methods_arg(text: str) -> list[str]:
-    from .methods import METHOD_NAMES
+    from ..theory.methods import METHOD_NAMES
 
     if text.strip().lower() in ("all", ""):
         return list(METHOD_NAMES)
@@ -65,9 +65,9 @@ def main_theory(args: argparse.Namespace) -> int:
     """Run the table, print it, write CSV / Markdown / JSON / PNG / SVG into ``args.out``."""
     import torch
 
-    from .methods import METHOD_NAMES
-    from .report import default_meta, format_markdown, theory_rows, write_report
-    from .sop_fit import sop_extra_attributions
+    from ..theory.methods import METHOD_NAMES
+    from ..theory.report import default_meta, format_markdown, theory_rows, write_report
+    from ..theory.sop_fit import sop_extra_attributions
 
     torch.set_num_threads(1)
     methods = list(METHOD_NAMES) if args.methods is None else list(args.methods)
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m sumofparts.theory.cli theory --d-max 12``."""
+    """Stand-alone entry: ``python -m sumofparts.cli.theory theory --d-max 12``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         argv = ["theory", *argv]

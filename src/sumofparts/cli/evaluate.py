@@ -10,8 +10,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .cli_types import NONNEGATIVE_INT, POSITIVE_INT
-from .errors import ConfigError
+from .arguments import NONNEGATIVE_INT, POSITIVE_INT
+from ..errors import ConfigError
 
 __all__ = ["register"]
 
@@ -19,7 +19,7 @@ __all__ = ["register"]
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation import evaluate_task
+    from ..evaluation import evaluate_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -29,7 +29,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tie-samples must be >= 1, got {args.tie_samples}")
     device = None
     if args.distributed:
-        from .cli import _init_distributed
+        from .main import _init_distributed
 
         device = _init_distributed()
     checkpoint = args.checkpoint or Path("sop-runs") / args.task / "sop" / "best"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import similarity as S
+from ..analysis import similarity as S
 from ..errors import InputError
 
 __all__ = ["register", "run_compare"]
@@ -40,7 +40,7 @@ def run_compare(task_name: str, a: str, b: str | None, out_dir: Path, *, n: int 
     from ..io import atomic_write_json, atomic_write_text
     from ..report.figures import save_figure
     from ..tasks import default_cache_dir, get_task
-    from .compare import (comparison_markdown, compare_models, diagonal_figure, heatmap_figure, pca_figure,
+    from ..analysis.compare import (comparison_markdown, compare_models, diagonal_figure, heatmap_figure, pca_figure,
                           resolve_model, task_inputs)
 
     task = get_task(task_name)

@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_types import NONNEGATIVE_INT, POSITIVE_INT, check_device, parse_overrides
-from .errors import ConfigError, SOPError
+from .arguments import NONNEGATIVE_INT, POSITIVE_INT, check_device, parse_overrides
+from ..errors import ConfigError, SOPError
 
 __all__ = ["main", "build_parser", "resolve_configs"]
 
 #: modules that add subcommands with a ``register(subparsers)`` function
-_PLUGINS = ["sumofparts.theory.cli", "sumofparts.evaluation_cli", "sumofparts.report.cli", "sumofparts.robust_cli"]
-_PLUGINS += ["sumofparts.segmentation.cli"]
-_PLUGINS += ["sumofparts.analysis.compare_cli"]
-_PLUGINS += ["sumofparts.analysis.concepts_cli"]
+_PLUGINS = ["sumofparts.cli.theory", "sumofparts.cli.evaluate", "sumofparts.cli.report", "sumofparts.cli.robust"]
+_PLUGINS += ["sumofparts.cli.segment"]
+_PLUGINS += ["sumofparts.cli.compare"]
+_PLUGINS += ["sumofparts.cli.concepts"]
 
 
 def _threads(n: int | None) -> None:
@@ -36,9 +36,9 @@ def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Se
     and combined with the task's defaults once, so that a bad combination fails now) and
     the :class:`~sumofparts.training.TrainConfig`.
     """
-    from .model.config import SOP_CONFIG_FIELDS, SOPConfig
-    from .tasks import get_task
-    from .training import TRAIN_CONFIG_FIELDS, TrainConfig
+    from ..model.config import SOP_CONFIG_FIELDS, SOPConfig
+    from ..tasks import get_task
+    from ..training import TRAIN_CONFIG_FIELDS, TrainConfig
 
     task = get_task(task_name)
     sop_over = parse_overrides(sop_set, SOP_CONFIG_FIELDS, "--set", exclude=("backbone",))
@@ -50,7 +50,7 @@ def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Se
 
 
 def _check_out(out: Path) -> None:
-    from .io import check_writable
+    from ..io import check_writable
 
     check_writable(out)
 
@@ -74,7 +74,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from .tasks import available_tasks, get_task
+    from ..tasks import available_tasks, get_task
 
     for name in available_tasks():
         print(f"{name:12s} {get_task(name).description}")
@@ -82,7 +82,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_task
+    from ..pipeline import run_task
 
     _threads(args.threads)
     sop_over, tcfg = resolve_configs(args.task, args.sop_set, args.train_set, steps=args.steps, seed=args.seed)
@@ -104,8 +104,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import build_sop
-    from .training import train
+    from ..pipeline import build_sop
+    from ..training import train
 
     _threads(args.threads)
     device = "cpu"
@@ -151,8 +151,8 @@ def _init_distributed() -> str:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .model import SumOfParts
-    from .tasks import default_cache_dir, get_task
+    from ..model import SumOfParts
+    from ..tasks import default_cache_dir, get_task
 
     _threads(args.threads)
     sop = SumOfParts.from_pretrained(args.checkpoint)
@@ -181,7 +181,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="sop", description="Sum-of-Parts models: faithful by construction.")
     parser.add_argument("--version", action="version", version=f"sumofparts {__version__}")

@@ -52,11 +52,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .backbones.base import BackboneAdapter
-from .errors import ConfigError, InputError
-from .ops import cell_counts, random_cell_masks, top_cells
-from .training import _to, evaluate_model, iterate_batches
-from .validation import Field, check_value
+from ..adapters.base import BackboneAdapter
+from ..errors import ConfigError, InputError
+from ..ops import cell_counts, random_cell_masks, top_cells
+from .sop import _to, evaluate_model, iterate_batches
+from ..validation import Field, check_value
 
 __all__ = ["RobustConfig", "ROBUST_CONFIG_FIELDS", "RobustResult", "robust_finetune", "masked_predictor",
            "score_backbone"]

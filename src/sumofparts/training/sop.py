@@ -45,12 +45,12 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, InputError, ResumeError, SOPError
-from .io import (atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, recover_directory,
+from ..errors import ConfigError, InputError, ResumeError, SOPError
+from ..io import (atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, recover_directory,
                  save_tensors)
-from .model import SOPConfig, SumOfParts
-from .model.sop import CONFIG_NAME, WEIGHTS_NAME
-from .validation import Field, check_fields, check_value
+from ..model import SOPConfig, SumOfParts
+from ..model.sop import CONFIG_NAME, WEIGHTS_NAME
+from ..validation import Field, check_fields, check_value
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_model", "iterate_batches", "lr_factor",
            "TRAIN_CONFIG_FIELDS", "RESUME_INERT_FIELDS", "check_targets"]
@@ -583,7 +583,7 @@ def _config_differences(saved_sop: dict[str, Any], sop: SOPConfig, saved_train: 
     :data:`RESUME_INERT_FIELDS` are ignored, and a field the saved run did not record is
     compared with its default.
     """
-    from .backbones import canonical_spec
+    from ..adapters import canonical_spec
 
     diffs = []
     now_sop = sop.to_dict()

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..backbones.base import BackboneAdapter, Inputs
+from ..adapters.base import BackboneAdapter, Inputs
 from .base import check_target
 from .captum_methods import CaptumMethod, _captum, quiet_captum
 from ..errors import InputError, InputTypeError

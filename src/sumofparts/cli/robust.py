@@ -36,9 +36,9 @@ def run_robust_finetune(task_name: str, *, source: str | None, out: Path, overri
                         cache_dir: Path | None = None, size: str = "default", seed: int = 0, progress: bool = True,
                         command: str = "") -> dict[str, Any]:
     """Load the task's data and backbone (``source``: a weights file, or the task's own), fine-tune, save."""
-    from .io import atomic_write_text, read_json
-    from .robust import RobustConfig, robust_finetune
-    from .tasks import default_cache_dir, get_task
+    from ..io import atomic_write_text, read_json
+    from ..training.robust import RobustConfig, robust_finetune
+    from ..tasks import default_cache_dir, get_task
 
     task = get_task(task_name)
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -65,8 +65,8 @@ def run_robust_finetune(task_name: str, *, source: str | None, out: Path, overri
 def _cmd(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli_types import parse_overrides
-    from .robust import ROBUST_CONFIG_FIELDS
+    from .arguments import parse_overrides
+    from ..training.robust import ROBUST_CONFIG_FIELDS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +83,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli_types import NONNEGATIVE_INT, POSITIVE_INT
+    from .arguments import NONNEGATIVE_INT, POSITIVE_INT
 
     p = sub.add_parser("robust-finetune",
                        help="fine-tune a task's backbone on random groups of cells (robust to SOP's masking)")
@@ -104,6 +104,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from .main import main
 
     sys.exit(main(["robust-finetune", *sys.argv[1:]]))

@@ -14,8 +14,8 @@ import argparse
 import json
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ConfigError
-from .validation import Field, check_value
+from ..errors import ConfigError
+from ..validation import Field, check_value
 
 __all__ = ["field_type", "POSITIVE_INT", "NONNEGATIVE_INT", "parse_overrides", "check_device"]
 

@@ -401,7 +401,7 @@ class BackboneAdapter(nn.Module):
         """Rebuild the adapter from :meth:`spec` (weights are loaded separately).
 
         ``model``: the backbone to wrap; ``None`` builds an untrained one, but only what
-        :mod:`sumofparts.backbones.registry` allows. Every spec entry is checked against the
+        :mod:`sumofparts.adapters.registry` allows. Every spec entry is checked against the
         adapter's declared table first. ``where`` prefixes messages (the file).
         """
         raise NotImplementedError

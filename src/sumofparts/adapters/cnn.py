@@ -209,7 +209,7 @@ class CNNAdapter(BackboneAdapter):
     def spec(self) -> dict[str, Any]:
         """The adapter's settings and the CNN's *registered name* and constructor arguments.
 
-        A CNN class that is not registered (:func:`~sumofparts.backbones.register_backbone`)
+        A CNN class that is not registered (:func:`~sumofparts.adapters.register_backbone`)
         is written with ``architecture: null``: loading such a checkpoint needs the model
         itself (``backbone=``). ``class_name`` is for messages only and is never imported.
         """
@@ -238,7 +238,7 @@ class CNNAdapter(BackboneAdapter):
 
         Checkpoints of sumofparts 0.1 name the class as ``factory: "module:Class"``; the
         project's own classes are mapped to their registered names
-        (:data:`~sumofparts.backbones.registry.LEGACY_FACTORIES`) without importing
+        (:data:`~sumofparts.adapters.registry.LEGACY_FACTORIES`) without importing
         anything; any other factory string is refused unless ``model`` is given.
         """
         spec = _upgrade_legacy_spec(spec, model is not None, where)
@@ -248,7 +248,7 @@ class CNNAdapter(BackboneAdapter):
                 raise UnsafeCheckpointError(
                     f"{where}the CNN class {s.get('class_name')!r} is not a registered backbone, so it cannot be "
                     "rebuilt from the checkpoint. " + pass_backbone_hint("the CNN")
-                    + " (or register its class with sumofparts.backbones.register_backbone)")
+                    + " (or register its class with sumofparts.adapters.register_backbone)")
             model = build_backbone(s["architecture"], s["architecture_kwargs"], where=where)
         return cls(model, feature_layer=s["feature_layer"], classifier=s["classifier"], grid=tuple(s["grid"]),
                    input_shape=tuple(s["input_shape"]), group_batch_size=s["group_batch_size"])
