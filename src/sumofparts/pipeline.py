@@ -18,6 +18,7 @@ import torch
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
+from .ops import seeded
 from .tasks import TaskData, default_cache_dir, get_task
 from .training import TrainConfig, evaluate_model, iterate_batches, train
 
@@ -37,8 +38,9 @@ def build_sop(task_name: str, *, cache_dir: Path | None = None, size: str = "def
     if fields.get("base_value") == "train_mean":
         fields["base_value"] = train_target_mean(data)
     config = SOPConfig.from_dict(fields)
-    torch.manual_seed(seed)
-    return SumOfParts(adapter, config), data
+    with seeded(seed):  # the generator's initial weights
+        sop = SumOfParts(adapter, config)
+    return sop, data
 
 
 def train_target_mean(data: TaskData) -> list[float]:
@@ -106,7 +108,6 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
     t0 = time.time()
     out_dir = Path(out_dir)
     task = get_task(task_name)
-    torch.manual_seed(seed)
     sop, data = build_sop(task_name, cache_dir=cache_dir, size=size, seed=seed, backbone=backbone,
                           sop_overrides=sop_overrides, progress=progress)
     t_data = time.time() - t0

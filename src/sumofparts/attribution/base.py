@@ -24,15 +24,14 @@ and the prediction the method itself outputs (for those methods ``scores.sum(1)`
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..adapters.base import BackboneAdapter, Inputs, describe
 from ..errors import InputError, InputTypeError
-from ..metrics.ranking import count_of_fraction, top_cells
+from ..ops import cell_counts, check_target, seeded, top_cells
 
 __all__ = ["AttributionMethod", "GroupedResult", "check_target", "seeded", "top_tau_cells",
            "broadcast_to_input", "cell_representatives"]
@@ -66,58 +65,6 @@ class GroupedResult:
         return torch.einsum("bg,bgn->bn", self.scores, self.masks.to(self.scores.dtype))
 
 
-def check_target(target: Any, batch_size: int, num_outputs: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Validate ``target`` and return it as a ``(B,)`` long tensor.
-
-    Accepts an int, a 0-d integer tensor, or a sequence / 1-d integer tensor of length B,
-    each value in ``[0, num_outputs)``.
-    """
-    if target is None:
-        raise InputError("target is required: pass the class to explain (an int, or one int per input)")
-    if isinstance(target, bool):
-        raise InputTypeError(f"expected target as an int or {batch_size} ints, got a bool")
-    if isinstance(target, int):
-        t = torch.full((batch_size,), target, dtype=torch.long, device=device)
-    else:
-        if isinstance(target, torch.Tensor):
-            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                raise InputTypeError(f"expected an integer target tensor, got {describe(target)}")
-            t = target.to(device=device, dtype=torch.long)
-        else:
-            try:
-                t = torch.as_tensor(list(target), device=device)
-            except (TypeError, ValueError) as exc:
-                raise InputTypeError(f"expected target as an int or a sequence of {batch_size} ints, "
-                                f"got {type(target).__name__}") from exc
-            if t.is_floating_point() or t.dtype == torch.bool:
-                raise InputTypeError(f"expected integer targets, got {t.dtype}")
-            t = t.long()
-        if t.ndim == 0:
-            t = t.expand(batch_size).clone()
-        if t.shape != (batch_size,):
-            raise InputError(f"expected target as an int or {batch_size} ints (one per input), "
-                             f"got shape {tuple(t.shape)}")
-    if bool(((t < 0) | (t >= num_outputs)).any()):
-        raise InputError(f"target must be in [0, {num_outputs}), got {t.tolist()}")
-    return t
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with torch's global RNG seeded, restoring the previous RNG state afterwards.
-
-    Captum's sampling methods draw from the global generator; this keeps them reproducible
-    without leaving global state changed. ``seed=None``: no seeding.
-    """
-    if seed is None:
-        yield
-        return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))  # seeds the CPU and every CUDA generator
-        yield
-
-
 def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float,
                   keys: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, N)`` scores -> ``(B, N)`` bool: the top ``max(1, floor(tau · n_valid))`` valid cells.
@@ -131,7 +78,7 @@ def top_tau_cells(cell_scores: torch.Tensor, valid: torch.Tensor, tau: float,
         raise InputError(f"tau must be in (0, 1], got {tau!r}")
     if cell_scores.shape != valid.shape:
         raise InputError(f"cell scores {tuple(cell_scores.shape)} and valid cells {tuple(valid.shape)} differ")
-    return top_cells(cell_scores, valid, count_of_fraction(valid, float(tau), at_least_one=True), keys)
+    return top_cells(cell_scores, valid, cell_counts(valid, float(tau), at_least_one=True), keys)
 
 
 def broadcast_to_input(adapter: BackboneAdapter, cell_values: torch.Tensor, inputs: Inputs) -> torch.Tensor:

@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from ..adapters.base import BackboneAdapter, Inputs
-from .base import AttributionMethod, seeded
+from ..ops import seeded
+from .base import AttributionMethod
 from ..errors import InputTypeError
 
 __all__ = [

@@ -28,6 +28,7 @@ from ..adapters.registry import register_backbone
 from ..errors import CheckpointError, InputError, InputTypeError
 from ..io import load_tensors, save_tensors
 from ..metrics.ranking import tie_keys
+from ..ops import seeded
 from ..validation import Field
 from .base import AttributionMethod, GroupedResult, Target, top_tau_cells
 
@@ -238,8 +239,7 @@ class BagNetModel(nn.Module):
         if (gh - 1) * self.patch[0] >= H or (gw - 1) * self.patch[1] >= W:
             raise InputError(f"a {gh}x{gw} grid of {self.patch[0]}x{self.patch[1]} patches leaves a patch "
                              f"entirely outside the {H}x{W} image; choose another grid")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.embed = nn.Conv2d(in_channels, width, kernel_size=self.patch, stride=self.patch)
             layers: list[nn.Module] = []
             for i in range(depth):

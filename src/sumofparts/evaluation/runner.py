@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .. import metrics as M
+from ..ops import cell_counts, top_cells
 from .passes import PassCache, count_passes
 from .plan import PlanEntry
 
@@ -270,9 +271,9 @@ def _tau_region(ctx: _BatchContext, cells: torch.Tensor, full: torch.Tensor, emp
     """``(B, R, N)``: the top ``max(1, floor(τ·n_valid))`` cells by (oriented) score in each tie order."""
     oriented = M.orient_scores(cells, M.target_values(full, t, "regression"), M.target_values(empty, t, "regression"),
                                ctx.kind)
-    counts = M.count_of_fraction(ctx.valid, ctx.s.fraction, at_least_one=True)
+    counts = cell_counts(ctx.valid, ctx.s.fraction, at_least_one=True)
     keys = ctx.keys.to(cells.device)
-    return torch.stack([M.top_cells(oriented, ctx.valid, counts, keys[:, r]) for r in range(keys.shape[1])], 1)
+    return torch.stack([top_cells(oriented, ctx.valid, counts, keys[:, r]) for r in range(keys.shape[1])], 1)
 
 
 def _posthoc(ctx: _BatchContext, entry: PlanEntry) -> dict[str, torch.Tensor]:

@@ -18,13 +18,13 @@ from .faithfulness import (PathCurves, SOPCurves, deletion_curve, deletion_error
                            insertion_curve, insertion_error, masked_outputs, orient_scores, path_curves, path_masks,
                            path_score_rows, path_scores, sop_curves, sop_path_curves, step_counts, target_values)
 from .purity import grouped_purity, grouped_union, iou, purity, top_fraction_cells
-from .ranking import cell_ranks, constant_maps, count_of_fraction, nonfinite_maps, tie_keys, top_cells
+from .ranking import cell_ranks, constant_maps, nonfinite_maps, tie_keys, top_cells
 from .robustness import infidelity, max_sensitivity, subset_removals, uniform_perturbations
 
 __all__ = [
     "error", "mse", "per_example_error", "per_example_squared_error", "per_target_mse", "r2_score", "sparsity_curve",
     "purity", "iou", "grouped_union", "grouped_purity", "top_fraction_cells",
-    "cell_ranks", "top_cells", "tie_keys", "constant_maps", "nonfinite_maps", "count_of_fraction",
+    "cell_ranks", "top_cells", "tie_keys", "constant_maps", "nonfinite_maps",
     "fractions", "step_counts", "path_masks", "orient_scores", "masked_outputs", "target_values", "PathCurves",
     "path_curves", "insertion_curve", "deletion_curve", "path_score_rows", "path_scores", "SOPCurves", "sop_curves",
     "sop_path_curves", "fidelity", "insertion_error", "deletion_error",

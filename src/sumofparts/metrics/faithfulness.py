@@ -53,7 +53,8 @@ import torch
 
 from ..errors import InputError
 
-from .ranking import cell_ranks, count_of_fraction, tie_keys
+from ..ops import cell_counts, cell_ranks, check_target
+from .ranking import tie_keys
 
 __all__ = [
     "fractions", "step_counts", "path_masks", "orient_scores", "masked_outputs", "target_values", "PathCurves",
@@ -79,16 +80,7 @@ def fractions(steps: int = 10) -> list[float]:
 
 def step_counts(valid: torch.Tensor, steps: int) -> torch.Tensor:
     """``(B, S)``: ``floor(k · n_valid)`` for each fraction k."""
-    return count_of_fraction(valid, fractions(steps))
-
-
-def _targets(target: Any, B: int, device: torch.device) -> torch.Tensor:
-    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.ndim == 0):
-        return torch.full((B,), int(target), dtype=torch.long, device=device)
-    t = torch.as_tensor(target, device=device).long().reshape(-1)
-    if t.shape[0] != B:
-        raise InputError(f"expected one target per input ({B}), got {t.shape[0]}")
-    return t
+    return cell_counts(valid, fractions(steps))
 
 
 def path_masks(cell_scores: torch.Tensor, valid: torch.Tensor, steps: int, *, mode: str,
@@ -217,7 +209,7 @@ def path_curves(adapter, inputs: Any, cell_scores: torch.Tensor, steps: int = 10
     if cell_scores.shape != valid.shape:
         raise InputError(f"expected cell_scores of shape {tuple(valid.shape)} (B, N), got {tuple(cell_scores.shape)}")
     B, N = valid.shape
-    t = _targets(target, B, adapter.device)
+    t = check_target(target, B, adapter.num_outputs, adapter.device)
     if keys is None:
         keys = tie_keys(range(B), N, 1, 0)
     ends = torch.stack([valid, torch.zeros_like(valid)], 1)  # (B, 2, N): the full and the empty input
@@ -255,7 +247,7 @@ def deletion_curve(adapter, inputs: Any, cell_scores: torch.Tensor, steps: int =
 
 def _default_target(adapter, inputs: Any, target: Any, task: str) -> torch.Tensor:
     if target is not None:
-        return _targets(target, adapter.batch_size(inputs), adapter.device)
+        return check_target(target, adapter.batch_size(inputs), adapter.num_outputs, adapter.device)
     if _check_kind(task) == "regression":
         raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
     with torch.no_grad():
@@ -361,7 +353,7 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None, output:
                 raise InputError("a regression model has no predicted class: pass target= (the output to follow)")
             t = out.logits.argmax(-1)
         else:
-            t = _targets(target, B, out.logits.device)
+            t = check_target(target, B, C, out.logits.device)
         probs, valid = sop.candidates(inputs)  # (B, G, N), (B, N)
         G, N = probs.shape[1:]
         ranks = cell_ranks(probs, valid[:, None, :].expand(B, G, N))  # (B, G, N), ties by cell index as the model
@@ -425,7 +417,7 @@ def fidelity(pred_logits: torch.Tensor, attribution_sums: torch.Tensor, *, refer
 @torch.no_grad()
 def _error_curve(adapter, inputs: Any, cell_scores: torch.Tensor, target: Any, steps: int, mode: str) -> torch.Tensor:
     B = cell_scores.shape[0]
-    t = _targets(target, B, adapter.device)
+    t = check_target(target, B, adapter.num_outputs, adapter.device)
     valid = adapter.valid_cells(inputs).to(cell_scores.device)
     top = path_masks(cell_scores, valid, steps, mode="insertion")[:, 0]  # (B, S, N): the subset S_k
     ends = torch.stack([valid, torch.zeros_like(valid)], 1)  # full input, empty input

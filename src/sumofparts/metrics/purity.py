@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from ..errors import InputError
 
-from .ranking import count_of_fraction, top_cells
+from ..ops import cell_counts, top_cells
 
 __all__ = ["purity", "iou", "top_fraction_cells", "grouped_union", "grouped_purity"]
 
@@ -67,7 +67,7 @@ def top_fraction_cells(cell_scores: torch.Tensor, fraction: float = 0.2,
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"fraction must be in (0, 1], got {fraction}")
     valid = torch.ones_like(cell_scores, dtype=torch.bool) if valid is None else valid.bool()
-    return top_cells(cell_scores, valid, count_of_fraction(valid, fraction, at_least_one=True), keys)
+    return top_cells(cell_scores, valid, cell_counts(valid, fraction, at_least_one=True), keys)
 
 
 def grouped_union(masks: torch.Tensor, scores: torch.Tensor, fraction: float = 0.2, *,

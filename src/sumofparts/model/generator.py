@@ -178,7 +178,7 @@ def binarise_top_tau(probs: torch.Tensor, valid: torch.Tensor, tau: float) -> tu
     one). The mask carries no gradient; the scale ``c = Σ_top a − Σ_rest a = 2 Σ_top a − 1``
     does, and multiplies the group's logits.
     """
-    k = cell_counts(valid, tau)  # (B,)
+    k = cell_counts(valid, tau, at_least_one=True)  # (B,)
     masks = top_cells(probs, valid[:, None, :], k[:, None])
     return masks, group_scale(probs, masks)
 

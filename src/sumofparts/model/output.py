@@ -5,38 +5,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numbers
-
 import torch
 
 from ..errors import InputError
+from ..ops import check_target
 
 __all__ = ["SOPOutput", "GroupedExplanation", "GroupInfo"]
-
-
-def _index_tensor(target: object, batch: int, device: torch.device) -> torch.Tensor:
-    """An output index for all ``batch`` inputs, or one per input, as a ``(batch,)`` long tensor.
-
-    Only integers are accepted: ``2.9`` (or ``tensor(2.9)``, or ``True``) is refused rather
-    than truncated to class 2.
-    """
-    expected = f"an int or a sequence of {batch} ints"
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        return torch.full((batch,), int(target), dtype=torch.long, device=device)
-    if isinstance(target, (bool, float, str, bytes)) or target is None:
-        raise InputError(f"expected target as {expected}, got {target!r}")
-    try:
-        t = torch.as_tensor(target, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputError(f"expected target as {expected}, got {type(target).__name__}") from None
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise InputError(f"expected target as {expected} (class indices), got dtype {t.dtype}: "
-                         f"{t.flatten()[:5].tolist()}; a float is not truncated to a class")
-    if t.ndim == 0:
-        return torch.full((batch,), int(t), dtype=torch.long, device=device)
-    if tuple(t.shape) != (batch,):
-        raise InputError(f"expected target as {expected}, got shape {tuple(t.shape)}")
-    return t.to(torch.long)
 
 
 @dataclass
@@ -97,15 +71,11 @@ class SOPOutput:
     def _targets(self, target: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         """``(B,)`` long: the output to explain for each input (checked; floats are refused, not truncated)."""
         B, C = self.logits.shape
-        if target is None:
-            if C > 1 and self.task == "regression":
-                raise InputError(f"a regression model has {C} outputs: pass target= to say which one to explain")
-            t = self.logits.argmax(-1)
-        else:
-            t = _index_tensor(target, B, self.logits.device)
-        if bool(((t < 0) | (t >= C)).any()):
-            raise InputError(f"target must be in [0, {C}), got {t.tolist()}")
-        return t
+        if target is not None:
+            return check_target(target, B, C, self.logits.device)
+        if C > 1 and self.task == "regression":
+            raise InputError(f"a regression model has {C} outputs: pass target= to say which one to explain")
+        return self.logits.argmax(-1)
 
     def attribution_map(self, target: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Per-input attribution ``(B, *S)``: ``Σ_i input_mask_i · attr_i[target]``.

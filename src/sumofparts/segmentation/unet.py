@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,8 @@ from torch.nn import functional as F
 
 from ..io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..errors import InputError, MissingFileError
+from ..ops import seeded
+from ..tasks.trainer import fit_epochs, warmup_cosine
 
 __all__ = ["SegmentationUNet", "UNetConfig", "TrainRecipe", "SegmentationScores", "segmentation_targets",
            "train_unet", "evaluate_segmentation", "save_unet", "load_unet", "committed_unet_path",
@@ -237,10 +238,6 @@ def train_unet(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     validation mean IoU (checked after every epoch) are kept. The initialisation and the batch
     order come from generators seeded with ``recipe.seed`` (the global RNG is left as it was).
     """
-    from tqdm.auto import tqdm
-
-    from ..attribution.base import seeded
-
     config = config or UNetConfig()
     recipe = recipe or TrainRecipe()
     if recipe.epochs < 1 or recipe.batch_size < 1:
@@ -248,48 +245,26 @@ def train_unet(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     with seeded(recipe.seed):
         model = SegmentationUNet(config)
     gen = torch.Generator().manual_seed(recipe.seed)
-    n = len(train_x)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
+    total = math.ceil(len(train_x) / recipe.batch_size) * recipe.epochs
     warmup = max(1, int(recipe.warmup_frac * total))
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    best: tuple[float, dict[str, torch.Tensor] | None, int] = (-1.0, None, -1)
-    history = []
-    t0, c0 = time.perf_counter(), time.process_time()
-    bar = tqdm(total=total, desc="U-Net", disable=not progress, leave=False, dynamic_ncols=True)
-    for epoch in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.3f}")
-        scores = evaluate_segmentation(model, val_x, val_y)
-        history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch,
-                        "val_mean_iou": scores.mean_iou, "val_pixel_accuracy": scores.pixel_accuracy,
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        if scores.mean_iou > best[0]:
-            best = (scores.mean_iou, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
-    bar.close()
-    assert best[1] is not None
-    model.load_state_dict(best[1])
-    model.eval()
-    record = {"config": config.to_dict(), "recipe": asdict(recipe), "val_mean_iou": best[0], "best_epoch": best[2],
-              "history": history, "train_seconds": round(time.perf_counter() - t0, 1),
-              "train_cpu_seconds": round(time.process_time() - c0, 1), "torch_threads": torch.get_num_threads(),
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, warmup))
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        scores = evaluate_segmentation(m, val_x, val_y)
+        return {"val_mean_iou": scores.mean_iou, "val_pixel_accuracy": scores.pixel_accuracy}
+
+    fit = fit_epochs(model, train_x, train_y, loss=lambda m, x, y: F.cross_entropy(m(x), y), optimizer=opt,
+                     scheduler=sched, epochs=recipe.epochs, batch_size=recipe.batch_size, generator=gen,
+                     validate=validate, score="val_mean_iou", progress=progress, desc="U-Net")
+    history = [{k: h[k] for k in ("epoch", "train_loss", "val_mean_iou", "val_pixel_accuracy", "seconds")}
+               for h in fit.history]
+    record = {"config": config.to_dict(), "recipe": asdict(recipe), "val_mean_iou": fit.best_score,
+              "best_epoch": fit.best_epoch, "history": history, "train_seconds": round(fit.seconds, 1),
+              "train_cpu_seconds": round(fit.cpu_seconds, 1), "torch_threads": torch.get_num_threads(),
               "num_parameters": sum(p.numel() for p in model.parameters())}
     return model, record
 

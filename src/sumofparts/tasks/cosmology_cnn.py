@@ -26,9 +26,7 @@ parameters on their physical scale, as the authors' model does.
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +36,8 @@ from torch import nn
 from ..adapters.registry import register_backbone
 from ..validation import Field
 from ..errors import InputError
+from ..ops import seeded
+from .trainer import fit_epochs
 
 __all__ = [
     "CosmoCNN",
@@ -222,66 +222,41 @@ def train_cnn(train, val, config: CNNTrainConfig | None = None, *, progress: boo
         ``(model, log)``: the model outputs targets on their own scale; ``log`` holds the
         recipe, the best epoch, the per-epoch losses and the validation metrics.
     """
-    from tqdm.auto import tqdm
-
     config = config or CNNTrainConfig()
-    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     x_train, y_train = _tensors(train)
     x_val, y_val = _tensors(val)
     mean = y_train.mean(0)
     std = y_train.std(0).clamp_min(1e-8)
     z_train = (y_train - mean) / std
-    if model is None:
-        model = CosmoCNN(num_outputs=y_train.shape[1], in_channels=x_train.shape[1])
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
-    total = steps_per_epoch * config.max_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) * 0.98 + 0.02)
-    loss_fn = nn.MSELoss()
+    with seeded(config.seed):  # the initial weights (and any dropout) draw from torch's RNG
+        if model is None:
+            model = CosmoCNN(num_outputs=y_train.shape[1], in_channels=x_train.shape[1])
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+        total = steps_per_epoch * config.max_epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) * 0.98 + 0.02)
+        loss_fn = nn.MSELoss()
 
-    best_val, best_state, best_epoch, bad = float("inf"), None, -1, 0
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(config.max_epochs), desc="cosmology CNN", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        running = 0.0
-        for i in range(0, len(perm), config.batch_size):
-            idx = perm[i:i + config.batch_size]
-            xb = x_train[idx]
-            if config.augment:
-                xb = augment_d4(xb, gen)
-            loss = loss_fn(model(xb), z_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach()) * len(idx)
-        pred_val = predict(model, x_val, config.eval_batch_size) * std + mean
-        val_mse = float(((pred_val - y_val) ** 2).mean())
-        history.append({"epoch": epoch, "train_loss_standardised": running / len(x_train),
-                        "val_mse": val_mse})
-        if val_mse < best_val:
-            best_val, best_epoch, bad = val_mse, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        bar.set_postfix(val_mse=f"{val_mse:.4f}", best=f"{best_val:.4f}@{best_epoch}")
-        if bad >= config.patience:
-            break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        def validate(m: nn.Module) -> dict[str, float]:
+            pred_val = predict(m, x_val, config.eval_batch_size) * std + mean
+            return {"val_mse": float(((pred_val - y_val) ** 2).mean())}
+
+        fit = fit_epochs(model, x_train, z_train, loss=lambda m, xb, yb: loss_fn(m(xb), yb), optimizer=opt,
+                         scheduler=sched, epochs=config.max_epochs, batch_size=config.batch_size, generator=gen,
+                         augment=augment_d4 if config.augment else None, validate=validate, score="val_mse",
+                         higher_is_better=False, patience=config.patience, progress=progress, desc="cosmology CNN",
+                         per_step_bar=False)
+    history = [{"epoch": h["epoch"] - 1, "train_loss_standardised": h["train_loss_per_example"],
+                "val_mse": h["val_mse"]} for h in fit.history]
     _fold_standardisation(model, mean, std)
     model.eval()
     log = {
         "recipe": config.to_dict(),
         "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "best_epoch": fit.best_epoch - 1,
+        "train_seconds": round(fit.seconds, 1),
         "target_mean": mean.tolist(),
         "target_std": std.tolist(),
         "history": history,

@@ -44,7 +44,6 @@ import gzip
 import hashlib
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,10 @@ from torch.utils.data import Dataset, TensorDataset
 from ..adapters.registry import register_backbone
 from ..errors import CheckpointError, ConfigError, CorruptFileError, InputError, InputTypeError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..ops import seeded
 from ..validation import Field
 from .base import Task, TaskData, register_task
+from .trainer import fit_epochs, warmup_cosine
 
 __all__ = [
     "FashionTask",
@@ -378,67 +379,36 @@ def train_backbone(kind: str, train: FashionDataset, val: FashionDataset, *,
     with label smoothing, random flips and shifts; the weights with the best validation accuracy
     (checked after every epoch) are kept. Deterministic for a given seed and thread count.
     """
-    from tqdm.auto import tqdm
-
     recipe = dict(TRAIN_RECIPES[kind])
     unknown = set(recipe_overrides) - set(recipe)
     if unknown:
         raise InputTypeError(f"unknown training options {sorted(unknown)}; expected {sorted(recipe)}")
     recipe.update(recipe_overrides)
     model_config = dict(model_config or default_model_config(kind))
-    torch.manual_seed(recipe["seed"])
-    model = build_backbone(kind, model_config)
     gen = torch.Generator().manual_seed(recipe["seed"])
     xs, ys = train.tensors[0], train.tensors[1]
-    n = len(xs)
-    bs = recipe["batch_size"]
-    steps_per_epoch = math.ceil(n / bs)
-    total = steps_per_epoch * recipe["epochs"]
+    total = math.ceil(len(xs) / recipe["batch_size"]) * recipe["epochs"]
     warmup = max(1, int(recipe["warmup_frac"] * total))
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "position_embeddings" in name or "cls_token" in name
-         else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    best = (-1.0, None, -1)
-    history = []
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    bar = tqdm(total=total, desc=f"fashion {kind}", disable=not progress, leave=False)
-    for epoch in range(recipe["epochs"]):
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * bs:(step + 1) * bs]
-            x = _augment(xs[idx], gen, recipe["shift"], recipe["flip"])
-            loss = F.cross_entropy(backbone_logits(model, x), ys[idx],
-                                   label_smoothing=recipe["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.3f}")
-        val_acc = evaluate_accuracy(model, val)
-        history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch,
-                        "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 1),
-                        "cpu_seconds": round(time.process_time() - c0, 1)})
-        if val_acc > best[0]:
-            best = (val_acc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
-        bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.4f}")
-    bar.close()
-    model.load_state_dict(best[1])
-    model.eval()
+    with seeded(recipe["seed"]):  # the initial weights (and dropout) draw from torch's RNG
+        model = build_backbone(kind, model_config)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "position_embeddings" in name or "cls_token" in name
+             else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, warmup))
+        fit = fit_epochs(
+            model, xs, ys, optimizer=opt, scheduler=sched, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+            generator=gen, augment=lambda x, g: _augment(x, g, recipe["shift"], recipe["flip"]),
+            loss=lambda m, x, y: F.cross_entropy(backbone_logits(m, x), y, label_smoothing=recipe["label_smoothing"]),
+            validate=lambda m: {"val_accuracy": evaluate_accuracy(m, val)}, score="val_accuracy",
+            progress=progress, desc=f"fashion {kind}")
+    history = [{k: v for k, v in h.items() if k != "train_loss_per_example"} for h in fit.history]
     record = {"backbone": kind, "model_config": model_config, "recipe": recipe,
-              "val_accuracy": best[0], "best_epoch": best[2], "history": history,
-              "train_seconds": round(time.perf_counter() - t0, 1),
-              "train_cpu_seconds": round(time.process_time() - c0, 1),
+              "val_accuracy": fit.best_score, "best_epoch": fit.best_epoch, "history": history,
+              "train_seconds": round(fit.seconds, 1),
+              "train_cpu_seconds": round(fit.cpu_seconds, 1),
               "torch_threads": torch.get_num_threads()}
     return model, record
 

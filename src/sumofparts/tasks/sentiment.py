@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 
 from ..errors import CheckpointError, ConfigError, InputError, MissingDependencyError, MissingFileError
 from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..ops import seeded
 from .base import Task, TaskData, register_task
 
 __all__ = [
@@ -256,19 +257,20 @@ def committed_weights_path() -> Path:
     return Path(__file__).resolve().parent.parent / "weights" / "sentiment_minilm.safetensors"
 
 
-def build_model(seed: int = 0, path: str | os.PathLike | None = None) -> nn.Module:
-    """The untrained backbone: MiniLM encoder + a new classifier head (seeded), eager attention."""
+def build_model(seed: int | None = 0, path: str | os.PathLike | None = None) -> nn.Module:
+    """The untrained backbone: MiniLM encoder + a new classifier head (seeded; ``seed=None``: drawn from
+    torch's RNG as it stands), eager attention."""
     from transformers import BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "classifier newly initialised" is expected
     try:
-        model = BertForSequenceClassification.from_pretrained(
-            str(path or minilm_path()), num_labels=2, attn_implementation="eager",
-            id2label=dict(enumerate(OUTPUT_NAMES)), label2id=dict(LABELS))
+        with seeded(seed):
+            model = BertForSequenceClassification.from_pretrained(
+                str(path or minilm_path()), num_labels=2, attn_implementation="eager",
+                id2label=dict(enumerate(OUTPUT_NAMES)), label2id=dict(LABELS))
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.eval()
@@ -400,10 +402,18 @@ def _length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator
     return [batches[i] for i in order]
 
 
-def train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int = 0,
-                   epochs: float | None = None, lr: float | None = None, batch_size: int = 32,
-                   progress: bool = True, log=print,
-                   state_cache: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int = 0, **kwargs: Any
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`_train_backbone` with torch's RNG seeded by ``seed`` (the new head's initial weights and dropout),
+    the caller's RNG state restored afterwards."""
+    with seeded(seed):
+        return _train_backbone(data, variant, seed=seed, **kwargs)
+
+
+def _train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int = 0,
+                    epochs: float | None = None, lr: float | None = None, batch_size: int = 32,
+                    progress: bool = True, log=print,
+                    state_cache: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train one backbone variant on ``data.train``, keep the best epoch on ``data.val``.
 
     ``head`` and ``top2`` run the frozen lower layers once and cache their hidden states,
@@ -419,7 +429,7 @@ def train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int 
     defaults = {"head": (10, 1e-3), "top2": (2, 1e-4), "full": (1, 5e-5)}[variant]
     epochs = defaults[0] if epochs is None else epochs
     lr = defaults[1] if lr is None else lr
-    model = build_model(seed)
+    model = build_model(None)  # inside train_backbone's seeded block
     keys = set(trained_keys(model, variant))
     for name, p in model.named_parameters():
         p.requires_grad_(name in keys)

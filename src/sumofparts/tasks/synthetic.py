@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from ..adapters.registry import register_backbone
 from ..errors import ConfigError, MissingFileError
 from ..io import content_hash, load_tensors, save_tensors
 from ..validation import Field
+from ..ops import seeded
 from .base import Task, TaskData, register_task
+from .trainer import fit_epochs
 
 __all__ = ["make_bars", "BarsCNN", "SyntheticTask"]
 
@@ -76,20 +77,12 @@ class BarsCNN(nn.Module):
 
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 8, lr: float = 3e-3,
                    batch_size: int = 64, seed: int = 0, progress: bool = True) -> nn.Module:
-    """Plain supervised training of a small backbone (AdamW, cross-entropy)."""
-    torch.manual_seed(seed)
+    """Plain supervised training of a small backbone (AdamW, cross-entropy, the last epoch kept)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(epochs), desc="train backbone", disable=not progress, leave=False):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    fit_epochs(model, x, y, loss=lambda m, xb, yb: nn.functional.cross_entropy(m(xb), yb), optimizer=opt,
+               epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+               progress=progress, desc="train backbone", per_step_bar=False)
+    return model
 
 
 @register_task
@@ -121,7 +114,8 @@ class SyntheticTask(Task):
             raise ConfigError(f"the synthetic task has one backbone, 'cnn'; got {backbone!r}")
         key = content_hash({"task": self.name, "meta": data.meta, "model": "BarsCNN-v2"})
         path = Path(cache_dir) / "backbones" / f"synthetic-cnn-{key}.safetensors"
-        model = BarsCNN()
+        with seeded(int(data.meta.get("seed", 0))):  # the initial weights, before training
+            model = BarsCNN()
         if path.is_file():
             model.load_state_dict(load_tensors(path))
             return model.eval()

@@ -181,7 +181,7 @@ def masked_predictor(adapter: BackboneAdapter, tau: float, mode: str | None, see
 
     def predict(inputs: Any) -> torch.Tensor:
         valid = adapter.valid_cells(inputs)
-        counts = cell_counts(valid, tau)[:, None].expand(-1, groups)
+        counts = cell_counts(valid, tau, at_least_one=True)[:, None].expand(-1, groups)
         masks = (random_cell_masks(valid, counts, gen) if shape_encoder is None
                  else similar_cell_masks(shape_encoder, inputs, valid, counts, gen))
         return adapter.forward_groups(inputs, masks, mode=mode)[0].mean(1)
@@ -341,7 +341,7 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
                 lo, hi = cfg.keep_range
                 fraction = lo + (hi - lo) * float(torch.rand((), generator=gen))
             mode = modes[int(torch.randint(len(modes), (), generator=gen))]
-            counts = cell_counts(valid, fraction)[:, None].expand(-1, cfg.ensemble_size)
+            counts = cell_counts(valid, fraction, at_least_one=True)[:, None].expand(-1, cfg.ensemble_size)
             if cfg.similar_fraction and float(torch.rand((), generator=gen)) < cfg.similar_fraction:
                 masks = similar_cell_masks(shape_encoder, x, valid, counts, gen)
             else:

@@ -50,6 +50,7 @@ from ..io import (atomic_directory, atomic_write_json, directory_lock, load_tens
                  save_tensors)
 from ..model import SOPConfig, SumOfParts
 from ..model.sop import CONFIG_NAME, WEIGHTS_NAME
+from ..ops import seeded
 from ..validation import Field, check_fields, check_value
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_model", "iterate_batches", "lr_factor",
@@ -304,6 +305,9 @@ def train(sop: SumOfParts, train_data: Dataset, val_data: Dataset, config: Train
     with contextlib.ExitStack() as stack:
         if is_main:  # before anything runs: a second run, or an unwritable directory, fails now
             stack.enter_context(directory_lock(out_dir, "an SOP training"))
+        # dropout in the generator's encoder copy draws from torch's RNG: seeded here, the caller's RNG
+        # state restored afterwards (a resumed run continues the saved RNG state instead)
+        stack.enter_context(seeded(cfg.seed))
         return _train_locked(sop, train_data, val_data, cfg, out_dir, resume=resume, progress=progress and is_main,
                              device=device, on_step=on_step, amp=amp, allow_config_change=allow_config_change,
                              task=task, metric=metric, better=better, distributed=distributed, rank=rank,
@@ -332,9 +336,7 @@ def _train_locked(sop: SumOfParts, train_data: Dataset, val_data: Dataset, cfg: 
         saved = _read_resume_state(last_dir, sop, opt, cfg, allow_config_change)
         start_step, best_score, best_step, history = saved.step, saved.best_score, saved.best_step, saved.history
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + start_step, cfg))
-        torch.set_rng_state(saved.rng)
-    else:
-        torch.manual_seed(cfg.seed)
+        torch.set_rng_state(saved.rng)  # inside train's seeded block: the caller's RNG is restored afterwards
 
     def state(step: int) -> dict[str, Any]:
         return {"step": step, "best_score": best_score, "best_step": best_step, "metric": metric,
