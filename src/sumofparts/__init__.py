@@ -1,7 +1,7 @@
 """sumofparts: Sum-of-Parts models, faithful by construction.
 
 >>> from sumofparts import SumOfParts
->>> sop = SumOfParts.from_backbone(model, adapter="vit", num_groups=20, tau=0.2)
+>>> sop = SumOfParts.from_backbone(model, adapter=ViTAdapter(model), num_groups=20, tau=0.2)
 >>> out = sop(x)                          # prediction = weighted sum of group predictions
 >>> expl = sop.explain(x, target=3)       # groups, weights and a per-pixel attribution map
 """

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from sumofparts import SumOfParts
 from sumofparts.attribution import (AttributionMethod, BagNetMethod, BagNetModel, GroupedResult, available_methods,
                                     get_method)
-from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.adapters import BertAdapter, CNNAdapter, TabularAdapter, ViTAdapter
 from sumofparts.tasks.synthetic import make_bars
 
 torch.set_num_threads(1)
@@ -27,6 +27,10 @@ def setup(family: str):
             torch.randn(2, 1, 16, 16, generator=g)
     if family == "vit":
         return ViTAdapter(tiny_vit()), torch.randn(2, 1, 16, 16, generator=g)
+    if family == "tabular":
+        torch.manual_seed(5)
+        mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+        return TabularAdapter(mlp, num_features=6), torch.randn(2, 6, generator=g)
     return BertAdapter(tiny_bert()), text_batch(2)
 
 
@@ -47,7 +51,12 @@ def test_registry_names_are_stable():
               "rise", "fresh", "bagnet", "sop", "lime-f", "kernelshap-f", "rise-f", "intgrad-f", "gradcam-f"]:
         assert n in names
     assert "sop-f" not in names and "fresh-f" not in names
-    assert "lrp" not in available_methods(family="vit") and "fresh" not in available_methods(family="cnn")
+    # methods ask adapters for capabilities: LRP walks a module that maps the input tensor to the logits (not a
+    # ViT's output object), FRESH needs a CLS attention (not a CNN), Grad-CAM a layer laid out on the cells
+    vit, cnn, tab = setup("vit")[0], setup("cnn")[0], setup("tabular")[0]
+    assert "lrp" not in available_methods(adapter=vit) and "fresh" not in available_methods(adapter=cnn)
+    assert {"lrp", "intgrad", "lime", "kernelshap", "occlusion", "rise", "lime-f"} <= set(available_methods(adapter=tab))
+    assert not {"gradcam", "fresh", "bagnet", "layer_intgrad"} & set(available_methods(adapter=tab))
 
 
 def test_unknown_names_and_options_are_clear_errors():
@@ -60,9 +69,9 @@ def test_unknown_names_and_options_are_clear_errors():
         get_method("lime", adapter, n_sample=5)
     with pytest.raises(ValueError, match="tau"):
         get_method("lime-f", adapter, tau=1.5)
-    with pytest.raises(NotImplementedError, match="cnn"):
+    with pytest.raises(NotImplementedError, match="needs the backbone capabilities module_forward, which ViTAdapter"):
         get_method("lrp", setup("vit")[0])
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="cls_attention"):
         get_method("fresh", adapter)
     with pytest.raises(ValueError, match="model="):
         get_method("bagnet", adapter)
@@ -88,17 +97,19 @@ def test_bad_targets_are_clear_errors():
 
 
 # --- shapes ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["cnn", "vit", "bert"])
+@pytest.mark.parametrize("family", ["cnn", "vit", "bert", "tabular"])
 def test_every_method_returns_input_shaped_and_cell_scores(family):
     adapter, x = setup(family)
     N = adapter.num_cells(x)
     shape = (2, 12) if family == "bert" else tuple(x.shape)
-    for name in available_methods(family=family):
+    for name in available_methods(adapter=adapter):
         if name in ("sop", "bagnet"):
             continue
         if name.endswith("-f") and name not in ("saliency-f", "lime-f", "rise-f", "gradcam-f"):
             continue
-        m = make(name, adapter)
+        # a model without a layer laid out on the cells has no default layer: the neuron methods name one
+        kw = {"layer": "1"} if family == "tabular" and name.startswith("neuron_") else {}
+        m = make(name, adapter, **kw)
         assert isinstance(m, AttributionMethod)
         for target in (1, torch.tensor([0, 1]), [1, 0]):
             a = m.attribute(x, target)

@@ -148,10 +148,10 @@ def test_unknown_layers_are_clear_errors(cnn):
     tab = TabularAdapter(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), num_features=3)
     with pytest.raises(UnknownLayerError, match="no default layer: name one of 0, 1$"):
         get_method("neuron_gradient", tab)
-    with pytest.raises(NotImplementedError, match="tabular"):
+    with pytest.raises(NotImplementedError, match="needs the backbone capabilities layer_map, which TabularAdapter"):
         get_method("layer_intgrad", tab, layer="1")
-    assert "neuron_intgrad" in available_methods(family="tabular")
-    assert "layer_intgrad" not in available_methods(family="tabular")
+    assert "neuron_intgrad" in available_methods(adapter=tab)
+    assert "layer_intgrad" not in available_methods(adapter=tab)
 
 
 def test_bad_neuron_indices_are_clear_errors(cnn):

@@ -21,54 +21,66 @@ raises :class:`UnknownLayerError` listing the valid ones), ``default_layer()``, 
 the layer's K units first, then its positions laid out like the cells (an image grid
 ``(h, w)``, a token sequence ``(L,)``, or nothing for a layer without positions).
 
-Adding a model family means writing one subclass of :class:`BackboneAdapter`.
+**Capabilities.** What else an adapter can do is listed in :attr:`BackboneAdapter.capabilities`
+(:data:`CAPABILITIES` says what each name promises); attribution methods and the evaluation ask
+for capabilities, never for a family name.
+
+Adding a model family means writing one subclass of :class:`BackboneAdapter` that sets
+``family`` (it registers itself in :data:`ADAPTERS` under that name) and implements the
+abstract methods; nothing else in the library changes (docs/development.md).
 The backbone's parameters are frozen (``requires_grad=False``) and it stays in
 eval mode whatever mode the surrounding module is put in.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError, InputTypeError
+from ..ops import describe
 
-__all__ = ["BackboneAdapter", "Inputs", "ClassifierInputCapture", "LayerView", "UnknownLayerError", "describe",
-           "check_image_batch"]
+__all__ = ["BackboneAdapter", "Inputs", "LayerView", "UnknownLayerError", "describe", "check_image_batch",
+           "ADAPTERS", "CAPABILITIES", "GroupPasses", "EmbeddedInputs",
+           "adapter_from_spec", "canonical_spec"]
 
-#: an image tensor (B, C, H, W) or a dict of text tensors {"input_ids": (B, L), "attention_mask": (B, L)}
+#: an image tensor (B, C, H, W), a feature batch (B, d), or a dict of text tensors
+#: {"input_ids": (B, L), "attention_mask": (B, L)}: whatever the adapter's family takes
 Inputs = Any
 
+#: what each capability name in :attr:`BackboneAdapter.capabilities` promises
+CAPABILITIES: dict[str, str] = {
+    "cell_grid": "the cells lie on a 2-D grid (cell_grid = (h, w)) and masks_to_input upsamples a cell mask to "
+                 "the input's pixels",
+    "image_input": "an input is one tensor of shape (B, *input_shape) = (B, C, H, W)",
+    "token_input": "inputs are token ids; input_embeddings(inputs) gives their word embeddings, the mask baseline "
+                   "and the extra arguments of embedding_forward(), the backbone as a function of the embeddings",
+    "cls_attention": "cls_attention(inputs) gives the last layer's attention from the CLS token to each cell (B, N)",
+    "layer_map": "default_layer() names a layer whose units lie on the cells (layer_positions > 0), so a layer "
+                 "map (Grad-CAM, layer attribution) can be drawn",
+    "module_forward": "the backbone module itself maps the input tensor to the logits tensor (LRP walks it)",
+}
 
-def describe(value: Any) -> str:
-    """A short description of a value for error messages: type, shape, dtype."""
-    if isinstance(value, torch.Tensor):
-        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    if isinstance(value, dict):
-        return "dict with keys " + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items())
-    return f"{type(value).__name__}"
+#: adapter classes by family name: every subclass of BackboneAdapter that sets ``family`` is added here
+ADAPTERS: dict[str, type["BackboneAdapter"]] = {}
 
 
-class ClassifierInputCapture:
-    """Records the input of a classifier layer (the group embedding z) on each forward."""
+class GroupPasses(Protocol):
+    """What :meth:`BackboneAdapter.sharing_passes` routes group passes through (e.g. the evaluation's
+    ``PassCache``): the same contract as :meth:`BackboneAdapter.forward_groups`."""
 
-    def __init__(self, module: nn.Module):
-        self.value: torch.Tensor | None = None
-        self._handle = module.register_forward_pre_hook(self._hook)
+    def forward_groups(self, inputs: Any, masks: torch.Tensor, *,
+                       mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        self.value = args[0]
 
-    def pop(self) -> torch.Tensor:
-        if self.value is None:
-            raise RuntimeError("the classifier layer was not called during the backbone's forward")
-        value, self.value = self.value, None
-        return value
+class EmbeddedInputs(NamedTuple):
+    """Token inputs seen by their word embeddings (:meth:`BackboneAdapter.input_embeddings`)."""
 
-    def remove(self) -> None:
-        self._handle.remove()
+    embeddings: torch.Tensor  #: ``(B, L, D)`` the tokens' word embeddings
+    baseline: torch.Tensor  #: ``(B, L, D)`` what a masked token is replaced by (special tokens keep their own)
+    extra: tuple[Any, ...]  #: the further arguments of :meth:`BackboneAdapter.embedding_forward` (masks, types)
 
 
 class UnknownLayerError(ConfigError):
@@ -97,7 +109,25 @@ class BackboneAdapter(nn.Module):
             (the memory budget); the B·G masked inputs are chunked by it.
     """
 
-    family: str = "base"
+    #: the family's registered name (a subclass that sets it is added to :data:`ADAPTERS`)
+    family: ClassVar[str] = "base"
+    #: what the adapter can do beyond the protocol (names in :data:`CAPABILITIES`)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        family = cls.__dict__.get("family")
+        if family is None:
+            return
+        unknown = sorted(set(cls.capabilities) - set(CAPABILITIES))
+        if unknown:
+            raise ConfigError(f"{cls.__name__} declares unknown capabilities {unknown}; expected names among "
+                              f"{', '.join(CAPABILITIES)}")
+        known = ADAPTERS.get(family)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ConfigError(f"adapter family {family!r} is already registered by {known.__module__}."
+                              f"{known.__qualname__}; give {cls.__name__} another family name")
+        ADAPTERS[family] = cls
 
     def __init__(self, model: nn.Module, classifier: nn.Linear, group_batch_size: int = 256):
         super().__init__()
@@ -111,7 +141,7 @@ class BackboneAdapter(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-        self._capture = ClassifierInputCapture(classifier)
+        self._passes: GroupPasses | None = None  # see sharing_passes
 
     # -- nn.Module ---------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "BackboneAdapter":
@@ -121,6 +151,12 @@ class BackboneAdapter(nn.Module):
 
     # -- what the cells are ------------------------------------------------------------------
     cell_grid: tuple[int, int] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one input's tensor, ``(C, H, W)`` for images or ``(d,)`` for features; ``None``
+        when inputs are not one tensor of a fixed shape (token sequences)."""
+        return None
 
     def num_cells(self, inputs: Inputs) -> int:
         raise NotImplementedError
@@ -189,13 +225,22 @@ class BackboneAdapter(nn.Module):
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """The plain backbone: logits ``(B, C)``."""
-        logits, _ = self.forward_with_embedding(inputs)
-        return logits
+        return self._logits(self._call_model(inputs))
 
     def forward_with_embedding(self, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, C)`` and the classifier's input ``(B, D)``."""
-        logits = self._logits(self._call_model(inputs))
-        return logits, self._capture.pop()
+        """Logits ``(B, C)`` and the classifier's input ``(B, D)`` (the group embedding z).
+
+        The classifier's input is read by a forward pre-hook that exists only during this call.
+        """
+        seen: list[torch.Tensor] = []
+        handle = self.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            logits = self._logits(self._call_model(inputs))
+        finally:
+            handle.remove()
+        if not seen:
+            raise RuntimeError("the classifier layer was not called during the backbone's forward")
+        return logits, seen[-1]
 
     def _call_model(self, inputs: Inputs) -> Any:
         if isinstance(inputs, dict):
@@ -226,6 +271,11 @@ class BackboneAdapter(nn.Module):
         """The mode :meth:`forward_groups` uses unless told otherwise."""
         return self.masking_modes[0]
 
+    def equal_group_sizes(self, mode: str) -> bool:
+        """Whether every group of one :meth:`compute_groups` call must hold the same number of cells in
+        ``mode`` (e.g. a ViT dropping patches stacks groups as token sequences of one length)."""
+        return False
+
     def check_masking_mode(self, mode: str | None) -> str:
         """``mode`` (``None``: the default) checked against :attr:`masking_modes`."""
         if mode is None:
@@ -241,8 +291,31 @@ class BackboneAdapter(nn.Module):
 
         The B·G masked inputs are built and evaluated in chunks of at most
         ``group_batch_size`` (never a Python loop over groups). ``mode``: one of
-        :attr:`masking_modes` (``None``: :attr:`masking_mode`).
+        :attr:`masking_modes` (``None``: :attr:`masking_mode`). Inside :meth:`sharing_passes`
+        the passes are asked of the given object instead (which calls :meth:`compute_groups`
+        for what it has not seen).
         """
+        if self._passes is not None:
+            return self._passes.forward_groups(inputs, masks, mode=mode)
+        return self.compute_groups(inputs, masks, mode=mode)
+
+    @contextlib.contextmanager
+    def sharing_passes(self, passes: GroupPasses | None) -> Iterator[None]:
+        """Inside the block, :meth:`forward_groups` is answered by ``passes`` (``None``: computed here).
+
+        Everything that runs groups through this backbone (SOP's ``forward_masks``, the curves,
+        the "-F" conversions, FRESH) then shares the passes without knowing about it; the
+        evaluation's pass cache uses it. The previous setting is restored on exit.
+        """
+        previous, self._passes = self._passes, passes
+        try:
+            yield
+        finally:
+            self._passes = previous
+
+    def compute_groups(self, inputs: Inputs, masks: torch.Tensor, *,
+                       mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_groups` computed by this backbone, whatever :meth:`sharing_passes` says."""
         mode = self.check_masking_mode(mode)
         B, G, _ = masks.shape
         per_chunk = max(1, self.group_batch_size // G)  # whole examples per chunk
@@ -301,9 +374,27 @@ class BackboneAdapter(nn.Module):
         out = torch.zeros(B, N, dtype=flat.dtype, device=flat.device)
         return out.scatter_add_(1, ids.reshape(1, -1).expand(B, -1).to(flat.device), flat)
 
+    # -- capabilities beyond the protocol (see CAPABILITIES) --------------------------------------
+    @property
+    def token_inputs(self) -> bool:
+        """Inputs are token ids: gradient methods differentiate with respect to the word embeddings."""
+        return "token_input" in self.capabilities
+
+    def input_embeddings(self, inputs: Inputs) -> EmbeddedInputs:
+        """``token_input``: the inputs' word embeddings, the masking baseline and the embedding forward's extras."""
+        raise NotImplementedError(f"{type(self).__name__} has no token inputs (capability 'token_input')")
+
+    def embedding_forward(self) -> nn.Module:
+        """``token_input``: the backbone as a function of the word embeddings,
+        ``module(embeddings, *extra) -> logits (B, C)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no token inputs (capability 'token_input')")
+
+    def cls_attention(self, inputs: Inputs) -> torch.Tensor:
+        """``cls_attention``: ``(B, N)``, the last layer's attention from the CLS token to each cell,
+        averaged over heads."""
+        raise NotImplementedError(f"{type(self).__name__} has no CLS attention (capability 'cls_attention')")
+
     # -- layers: layer and neuron attribution ---------------------------------------------------
-    #: inputs are token ids: gradient methods differentiate with respect to the word embeddings
-    token_inputs: bool = False
 
     def named_layers(self) -> dict[str, nn.Module]:
         """The backbone's layers a user may name, input side first: ``{dotted name: module}``.
@@ -410,12 +501,32 @@ class BackboneAdapter(nn.Module):
         return self.model.parameters()
 
 
-def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """A normalised 2-D Gaussian kernel ``(size, size)``."""
-    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    k = torch.outer(g, g)
-    return k / k.sum()
+def adapter_from_spec(spec: Any, model: nn.Module | None = None, *, where: str = "") -> BackboneAdapter:
+    """Rebuild an adapter from :meth:`BackboneAdapter.spec` (weights are loaded separately).
+
+    ``model``: the backbone to wrap; ``None`` builds an untrained one, but only a registered
+    backbone class or an allow-listed Hugging Face class, from checked arguments (anything
+    else raises :class:`~sumofparts.errors.UnsafeCheckpointError`). ``where`` prefixes
+    error messages (e.g. the config file's path).
+    """
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}the backbone spec must be a JSON object, got {type(spec).__name__}")
+    family = spec.get("family")
+    if not isinstance(family, str) or family not in ADAPTERS:
+        raise ConfigError(f"{where}unknown adapter family {family!r}; expected one of {', '.join(ADAPTERS)}")
+    try:
+        return ADAPTERS[family].from_spec(spec, model, where=where)
+    except ConfigError as exc:  # the adapter's own checks: say which file they concern
+        if where and not str(exc).startswith(where):
+            raise type(exc)(f"{where}backbone: {exc}") from None
+        raise
+
+
+def canonical_spec(spec: Any) -> Any:
+    """``spec`` as its adapter class compares it (see :meth:`BackboneAdapter.canonical_spec`)."""
+    if isinstance(spec, dict) and spec.get("family") in ADAPTERS:
+        return ADAPTERS[spec["family"]].canonical_spec(spec)
+    return spec
 
 
 def upsample_nearest(masks: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -504,6 +615,15 @@ class EncoderLayers:
     def layer_positions(self, name: str) -> int:
         self.layer(name)
         return self.token_positions if name in self._token_layers() else 0
+
+    @staticmethod
+    def _last_cls_row(output: Any) -> torch.Tensor:
+        """``(B, T)``: the last layer's attention from token 0 (CLS) to every token, averaged over heads."""
+        attentions = getattr(output, "attentions", None)
+        if not attentions or attentions[-1] is None:
+            raise RuntimeError("the backbone returned no attention maps: build it with "
+                               "attn_implementation='eager' (SDPA attention does not return them)")
+        return attentions[-1][:, :, 0, :].mean(1)
 
     @contextlib.contextmanager
     def layer_view(self, name: str) -> Iterator[nn.Module]:

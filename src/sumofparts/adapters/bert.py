@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError, InputTypeError
 from ..validation import Field, check_fields, check_value
-from .base import BackboneAdapter, EncoderLayers, describe
+from .base import BackboneAdapter, EmbeddedInputs, EncoderLayers, describe
 from .registry import HF_ENCODER_FIELDS, HFModelSchema, without_inert_keys, build_hf_model, encoder_parameters
 
 __all__ = ["BertAdapter", "BERT_SPEC_FIELDS", "BERT_MODELS"]
@@ -83,6 +83,23 @@ class _TokenEncoder(nn.Module):
         return out.hidden_states[self.generator_layer]
 
 
+class _EmbeddingForward(nn.Module):
+    """A BERT adapter's backbone seen as a function of its input (word) embeddings ``(B, L, D)``."""
+
+    def __init__(self, adapter: BackboneAdapter):
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        batch: dict[str, torch.Tensor] = {"inputs_embeds": inputs_embeds}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return self.adapter(batch)
+
+
 class BertAdapter(EncoderLayers, BackboneAdapter):
     """A BERT-family ``*ForSequenceClassification`` model as an SOP backbone.
 
@@ -106,7 +123,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
     """
 
     family = "bert"
-    token_inputs = True
+    capabilities = frozenset({"token_input", "cls_attention", "layer_map"})
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, special_token_ids: Iterable[int] | None = None,
                  mask_token_id: int | None = None, generator_layer: int = -2, group_batch_size: int = 256):
@@ -241,6 +258,28 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             if key in inputs:
                 out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
+
+    # the backbone as a function of its word embeddings (gradient methods on text)
+    def input_embeddings(self, inputs: dict[str, torch.Tensor]) -> EmbeddedInputs:
+        """Word embeddings ``(B, L, D)``; the baseline: the ``[MASK]`` embedding at every valid token and the
+        token's own embedding at special tokens and padding (what :meth:`mask_inputs` puts outside a group);
+        extras: ``(attention_mask, token_type_ids)`` (each may be ``None``)."""
+        layer = self.model.get_input_embeddings()
+        with torch.no_grad():
+            embeds = layer(inputs["input_ids"]).detach()
+            fill = layer.weight[self.mask_token_id].detach()
+            valid = self.valid_cells(inputs)
+            baseline = torch.where(valid.unsqueeze(-1), fill.expand_as(embeds), embeds)
+        return EmbeddedInputs(embeds, baseline, (inputs.get("attention_mask"), inputs.get("token_type_ids")))
+
+    def embedding_forward(self) -> nn.Module:
+        """``module(inputs_embeds, attention_mask=None, token_type_ids=None) -> logits (B, C)``."""
+        return _EmbeddingForward(self)
+
+    @torch.no_grad()
+    def cls_attention(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, L)``: the last layer's attention from CLS to each token, averaged over heads."""
+        return self._last_cls_row(self.model(**inputs, output_attentions=True))
 
     # layers
     def embedding_module(self) -> nn.Module:

@@ -96,6 +96,7 @@ class CNNAdapter(BackboneAdapter):
     """
 
     family = "cnn"
+    capabilities = frozenset({"cell_grid", "image_input", "layer_map", "module_forward"})
 
     def __init__(self, model: nn.Module, *, feature_layer: str, classifier: str | None = None,
                  grid: tuple[int, int] | None = None, input_shape: tuple[int, int, int] | None = None,
@@ -118,7 +119,7 @@ class CNNAdapter(BackboneAdapter):
             input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
             raise ConfigError("input_shape (channels, H, W) is required: the model has no .input_shape attribute")
-        self.input_shape = tuple(check_value("input_shape", input_shape, Field(list, item=int, length=3, min=1)))
+        self._input_shape = tuple(check_value("input_shape", input_shape, Field(list, item=int, length=3, min=1)))
         if grid is not None:
             grid = tuple(check_value("grid", grid, Field(list, item=int, length=2, min=1)))
         self.feature_layer = feature_layer
@@ -139,6 +140,11 @@ class CNNAdapter(BackboneAdapter):
         self.feature_shape = tuple(fmap.shape[1:])
         self.cell_grid = tuple(int(v) for v in (grid or fmap.shape[-2:]))
         self.encoder_dim = int(fmap.shape[1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, H, W)`` of one input image."""
+        return self._input_shape
 
     def num_cells(self, inputs: Any) -> int:
         return self.cell_grid[0] * self.cell_grid[1]
@@ -189,7 +195,6 @@ class CNNAdapter(BackboneAdapter):
                     self.model(torch.zeros(1, *self.input_shape, device=self.device))
             finally:
                 handle.remove()
-                self._capture.value = None  # the classifier hook fired outside forward_with_embedding
             out = seen[0] if seen else None
             out = out[0] if isinstance(out, tuple) else out
             if not isinstance(out, torch.Tensor):

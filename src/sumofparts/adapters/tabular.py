@@ -74,6 +74,7 @@ class TabularAdapter(BackboneAdapter):
     """
 
     family = "tabular"
+    capabilities = frozenset({"module_forward"})
 
     def __init__(self, model: nn.Module, *, num_features: int, classifier: str | None = None, embed_dim: int = 16,
                  group_batch_size: int = 4096):
@@ -89,6 +90,10 @@ class TabularAdapter(BackboneAdapter):
         self.num_features = int(num_features)
         self.encoder_dim = int(embed_dim)
         self.classifier_name = classifier
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.num_features,)
 
     def num_cells(self, inputs: Any) -> int:
         return self.num_features

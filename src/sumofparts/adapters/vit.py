@@ -113,6 +113,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     """
 
     family = "vit"
+    capabilities = frozenset({"cell_grid", "image_input", "cls_attention", "layer_map"})
     token_positions = 2
 
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
@@ -143,6 +144,10 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         self.encoder_dim = int(cfg.hidden_size)
 
     # cells
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.image_size)
+
     def num_cells(self, inputs: Any) -> int:
         return self.cell_grid[0] * self.cell_grid[1]
 
@@ -178,6 +183,9 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
     def masking_mode(self) -> str:
         return "drop" if self.drop_patches else "zero"
 
+    def equal_group_sizes(self, mode: str) -> bool:
+        return mode == "drop"
+
     def _forward_masked(self, inputs: torch.Tensor, masks: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         if mode == "drop":
             return self._forward_dropped(inputs, masks)
@@ -207,6 +215,11 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
 
     def masks_to_input(self, masks: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         return upsample_nearest(masks, self.cell_grid, self.image_size)
+
+    @torch.no_grad()
+    def cls_attention(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, N)``: the last layer's attention from CLS to each patch, averaged over heads."""
+        return self._last_cls_row(self.model(pixel_values=inputs, output_attentions=True))[:, 1:]
 
     # layers
     def embedding_module(self) -> nn.Module:

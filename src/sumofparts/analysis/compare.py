@@ -76,7 +76,7 @@ def resolve_model(spec: str, task, data, cache_dir: Path, *, backbone: str | Non
         layers = sop.backbone.encoder_layers(sop.generator.encoder)
         if not layers:
             raise InputError(f"the generator of {path} has no encoder copy of its backbone to compare "
-                             f"({sop.backbone.family} adapter)")
+                             f"({type(sop.backbone).__name__})")
         return ModelView(f"SOP generator copy ({path.name if path.name not in ('best', 'last') else path})", spec,
                          sop.backbone, layers, forward=sop.generator.encoder)
     path = Path(spec)

@@ -26,7 +26,7 @@ from ..adapters.base import BackboneAdapter
 from ..errors import ConfigError, InputTypeError
 from .base import AttributionMethod, GroupedResult, check_target, top_tau_cells
 from .captum_methods import (CAPTUM_METHODS, DEFAULT_SAMPLE_BUDGET, LIME, LRP, CaptumMethod, Deconvolution, DeepLift,
-                             EmbeddingForward, FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
+                             FeatureAblation, GradCAM, GradientXInput, GuidedBackprop,
                              GuidedGradCAM, IntegratedGradients, KernelSHAP, Occlusion, Saliency,
                              ShapleyValueSampling, SmoothGrad)
 from .layer import (LAYER_METHODS, NEURON_METHODS, LayerActivation, LayerConductance, LayerGradCAM,
@@ -37,7 +37,7 @@ from .self_attributing import FRESH, BagNetMethod, BagNetModel, FConversion, SOP
 
 __all__ = [
     "AttributionMethod", "GroupedResult", "get_method", "available_methods", "POST_HOC_METHODS",
-    "SELF_ATTRIBUTING_METHODS", "check_target", "top_tau_cells", "CaptumMethod", "EmbeddingForward",
+    "SELF_ATTRIBUTING_METHODS", "check_target", "top_tau_cells", "CaptumMethod",
     "Saliency", "SmoothGrad", "GradientXInput", "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution",
     "GradCAM", "GuidedGradCAM", "LRP", "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME",
     "RISE", "FRESH", "FConversion", "SOPMethod", "BagNetModel", "BagNetMethod", "DEFAULT_SAMPLE_BUDGET",
@@ -54,13 +54,13 @@ SELF_ATTRIBUTING_METHODS: dict[str, type[AttributionMethod]] = {"fresh": FRESH, 
                                                                   "sop": SOPMethod}
 
 
-def available_methods(*, include_f: bool = True, family: str | None = None) -> list[str]:
+def available_methods(*, include_f: bool = True, adapter: BackboneAdapter | None = None) -> list[str]:
     """The registry's names: post-hoc, then self-attributing, then the "-F" forms.
 
-    ``family`` (``"vit"``, ``"cnn"``, ``"bert"``): only the methods that support it.
+    ``adapter``: only the methods whose required capabilities it has.
     """
     def ok(cls: type[AttributionMethod]) -> bool:
-        return family is None or family in cls.families
+        return adapter is None or not cls.missing_capabilities(adapter)
 
     names = [n for n, c in POST_HOC_METHODS.items() if ok(c)]
     names += [n for n, c in SELF_ATTRIBUTING_METHODS.items() if ok(c)]

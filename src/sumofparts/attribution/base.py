@@ -118,13 +118,14 @@ class AttributionMethod:
             repeats each cell's score over the cell's input features (perturbation methods
             on ``feature_mask = adapter.cell_index_map``); ``attribute_cells`` then returns
             that score once per cell instead of summing the copies.
-        families: adapter families the method supports.
+        requires: the adapter capabilities the method needs
+            (:data:`sumofparts.adapters.CAPABILITIES`); it never asks for a family.
     """
 
     name: str = "base"
     grouped: bool = False
     cell_features: bool = False
-    families: tuple[str, ...] = ("vit", "cnn", "bert")
+    requires: frozenset[str] = frozenset()
     #: what the attributions add up to (the fidelity metric needs it): ``"baseline"`` — their sum
     #: is meant to be ``f(x) − f(∅)``, the change from the empty input (completeness: IG, DeepLIFT,
     #: Shapley values, KernelSHAP, LIME's surrogate); ``"output"`` — ``f(x)`` itself (LRP's
@@ -143,16 +144,22 @@ class AttributionMethod:
     def __init__(self, adapter: BackboneAdapter, **options: Any):
         if not isinstance(adapter, BackboneAdapter):
             raise InputTypeError(f"{type(self).__name__} expects a BackboneAdapter, got {type(adapter).__name__}")
-        if adapter.family not in self.families:
+        missing = self.missing_capabilities(adapter)
+        if missing:
             raise NotImplementedError(
-                f"method {self.name!r} supports the {', '.join(self.families)} families, "
-                f"not {adapter.family!r}")
+                f"method {self.name!r} needs the backbone capabilities {', '.join(missing)}, which "
+                f"{type(adapter).__name__} does not have (it has: {', '.join(sorted(adapter.capabilities)) or 'none'})")
         if options:
             raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(options)}")
         self.adapter = adapter
 
+    @classmethod
+    def missing_capabilities(cls, adapter: BackboneAdapter) -> list[str]:
+        """The capabilities the method needs that ``adapter`` lacks (empty: the method supports it)."""
+        return sorted(set(cls.requires) - set(adapter.capabilities))
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, family={self.adapter.family!r})"
+        return f"{type(self).__name__}(name={self.name!r}, adapter={type(self.adapter).__name__})"
 
     # -- helpers ---------------------------------------------------------------------------------
     @property

@@ -4,20 +4,19 @@ Each class wraps one Captum method; ``attribute`` returns what Captum returns fo
 same arguments (see ``tests/attribution/test_captum_equivalence.py``), reshaped only
 where the interface asks (text: one score per token).
 
-What the model is, per family:
+What the model is, by the adapter's capabilities (never its family):
 
-* **images** (``vit``, ``cnn``): the forward is ``adapter.forward`` (logits ``(B, C)``)
-  on the pixel tensor; the baseline is 0 (the "zero occlusion" SOP uses after
-  normalisation).
-* **text** (``bert``): gradient methods attribute with respect to the **input
-  embeddings** (the word embeddings, before position / token-type embeddings are
-  added): the forward is ``adapter.forward({"inputs_embeds": e, "attention_mask": m,
-  "token_type_ids": t})`` (:class:`EmbeddingForward`), with the attention mask and
-  token types bound through Captum's ``additional_forward_args``. The baseline is the
-  ``[MASK]`` token's embedding (``adapter.mask_token_id``) at every real token, while
-  special tokens and padding keep their own embedding (exactly what
-  ``adapter.mask_inputs`` does to tokens outside a group). Per-token scores are the
-  attributions summed over the embedding dimension.
+* **tensor inputs** (images ``(B, C, H, W)``, feature vectors ``(B, d)``): the forward is
+  ``adapter.forward`` (logits ``(B, C)``) on the input tensor; the baseline is 0 (the
+  "zero occlusion" SOP uses after normalisation, the theory's empty input).
+* **token inputs** (capability ``token_input``): gradient methods attribute with respect to
+  the **input embeddings** (the word embeddings, before position / token-type embeddings
+  are added): the forward is ``adapter.embedding_forward()``, with the adapter's extra
+  arguments (attention mask, token types) bound through Captum's
+  ``additional_forward_args``; the baseline is ``adapter.input_embeddings(x).baseline``
+  (for BERT: the ``[MASK]`` embedding at every real token, special tokens and padding
+  keeping their own, exactly what ``adapter.mask_inputs`` does outside a group).
+  Per-token scores are the attributions summed over the embedding dimension.
 * **perturbation methods** (Feature Ablation, Shapley Value Sampling, KernelSHAP, LIME)
   use the cells as features: ``feature_mask = adapter.cell_index_map(inputs)`` (a patch,
   a feature-map cell or a token; for text the token's whole embedding vector). Captum
@@ -44,7 +43,7 @@ from .base import AttributionMethod
 from ..errors import InputTypeError
 
 __all__ = [
-    "CaptumMethod", "EmbeddingForward", "text_embeddings", "Saliency", "SmoothGrad", "GradientXInput",
+    "CaptumMethod", "Saliency", "SmoothGrad", "GradientXInput",
     "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution", "GradCAM", "GuidedGradCAM", "LRP",
     "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME", "CAPTUM_METHODS",
     "DEFAULT_SAMPLE_BUDGET",
@@ -52,46 +51,6 @@ __all__ = [
 
 #: SOP's number of groups on ImageNet: the budget the paper gives the sampling methods.
 DEFAULT_SAMPLE_BUDGET = 20
-
-
-# ---------------------------------------------------------------------------------------------
-# text: a forward on input embeddings
-# ---------------------------------------------------------------------------------------------
-class EmbeddingForward(nn.Module):
-    """``forward(inputs_embeds, attention_mask=None, token_type_ids=None) -> logits (B, C)``.
-
-    The text backbone seen as a function of its input (word) embeddings ``(B, L, D)``.
-    """
-
-    def __init__(self, adapter: BackboneAdapter):
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        batch: dict[str, torch.Tensor] = {"inputs_embeds": inputs_embeds}
-        if attention_mask is not None:
-            batch["attention_mask"] = attention_mask
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        return self.adapter(batch)
-
-
-def text_embeddings(adapter: BackboneAdapter, inputs: dict[str, torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any]]:
-    """Word embeddings ``(B, L, D)``, the ``[MASK]`` baseline ``(B, L, D)`` and the extra forward args.
-
-    The baseline is the ``[MASK]`` embedding at every valid token and the token's own
-    embedding at special tokens and padding.
-    """
-    layer = adapter.model.get_input_embeddings()
-    with torch.no_grad():
-        embeds = layer(inputs["input_ids"]).detach()
-        fill = layer.weight[adapter.mask_token_id].detach()
-        valid = adapter.valid_cells(inputs)
-        baseline = torch.where(valid.unsqueeze(-1), fill.expand_as(embeds), embeds)
-    extra = (inputs.get("attention_mask"), inputs.get("token_type_ids"))
-    return embeds, baseline, extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,8 +83,8 @@ class CaptumMethod(AttributionMethod):
 
     # what Captum is given -----------------------------------------------------------------------
     def forward_module(self) -> nn.Module:
-        """The model Captum sees: the adapter (images) or :class:`EmbeddingForward` (text)."""
-        return EmbeddingForward(self.adapter) if self.is_text else self.adapter
+        """The model Captum sees: the adapter (tensor inputs) or its embedding forward (token inputs)."""
+        return self.adapter.embedding_forward() if self.is_text else self.adapter
 
     def make_captum(self) -> Any:
         model = self.forward_module()
@@ -135,7 +94,7 @@ class CaptumMethod(AttributionMethod):
         """The tensor Captum attributes to and the ``attribute`` keyword arguments it needs."""
         kwargs: dict[str, Any] = {}
         if self.is_text:
-            x, baseline, extra = text_embeddings(self.adapter, inputs)
+            x, baseline, extra = self.adapter.input_embeddings(inputs)
             kwargs["additional_forward_args"] = extra
         else:
             x, baseline = inputs, torch.zeros_like(inputs)
@@ -343,6 +302,7 @@ class GradCAM(CaptumMethod):
     not_additive = ("a ReLU'd class-activation map upsampled to the input: neither its cells nor its pixels "
                     "are meant to add up to the output")
     defaults = {"relu_attributions": True, "interpolate_mode": "bilinear", "layer": None, "layer_index": -1}
+    requires = frozenset({"layer_map"})
 
     def layer_name(self, opts: dict[str, Any] | None = None) -> str:
         """The layer Grad-CAM reads: ``layer`` if named, else the one entering encoder block
@@ -377,8 +337,8 @@ class GradCAM(CaptumMethod):
             cam = ca.LayerGradCam(self.forward_module().forward, layer).attribute(
                 x, target=target, relu_attributions=opts["relu_attributions"], **base_kwargs)
         cam = cam.detach()
-        if self.is_text:
-            return cam[:, 0]  # (B, 1, L) -> (B, L)
+        if self.adapter.cell_grid is None:
+            return cam[:, 0]  # a map over the token sequence: (B, 1, L) -> (B, L)
         up = ca.LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=opts["interpolate_mode"])
         return up.expand(-1, x.shape[1], -1, -1).contiguous()
 
@@ -416,7 +376,8 @@ class GuidedGradCAM(GradCAM):
 class LRP(CaptumMethod):
     """Layer-wise relevance propagation (Captum's default rules: ε-rule for conv/linear).
 
-    Only CNNs whose every leaf module has a Captum rule (Conv2d, Linear, MaxPool, AvgPool,
+    Only backbones whose module maps the input tensor to the logits (capability
+    ``module_forward``) and whose every leaf module has a Captum rule (Conv2d, Linear, MaxPool, AvgPool,
     AdaptiveAvgPool2d, BatchNorm2d, ReLU, Dropout, Tanh; flattening done with
     ``torch.flatten``, not ``nn.Flatten``). Element-wise activations Captum has no rule for
     (LeakyReLU, ELU, SiLU, GELU) pass the relevance through unchanged (Captum's
@@ -429,7 +390,7 @@ class LRP(CaptumMethod):
     name = "lrp"
     completeness = "output"  # relevance conservation: Σ R ≈ f(x) (biases absorb some)
     multiplies_by_inputs = True
-    families = ("cnn",)
+    requires = frozenset({"module_forward"})
     defaults = {"identity_activations": True}
     _IDENTITY_TYPES = (nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU)
 
@@ -450,7 +411,7 @@ class LRP(CaptumMethod):
 
         ca = _captum()
         opts = {**self.options, **kwargs}
-        model = self.adapter.model  # the raw CNN: the adapter lists its classifier twice
+        model = self.adapter.model  # the raw module: the adapter lists its classifier twice
         added = []
         if opts.pop("identity_activations"):
             for m in model.modules():
@@ -539,15 +500,18 @@ class Occlusion(CaptumMethod):
     def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
         call = {**self.options, **kwargs}
         tokens = int(call.pop("window_tokens"))
-        if self.is_text:
+        if self.is_text:  # (B, L, D) embeddings: windows of tokens, each token's whole vector
             D = x.shape[-1]
             call["sliding_window_shapes"] = call["sliding_window_shapes"] or (tokens, D)
             call["strides"] = call["strides"] or (1, D)
-        else:
+        elif self.adapter.cell_grid is not None:  # (B, C, H, W): windows of one cell
             C, H, W = x.shape[1:]
             gh, gw = self.adapter.cell_grid
             call["sliding_window_shapes"] = call["sliding_window_shapes"] or (C, math.ceil(H / gh), math.ceil(W / gw))
             call["strides"] = call["strides"] or (C, max(1, H // gh), max(1, W // gw))
+        else:  # (B, d) features in a sequence: windows of ``window_tokens`` neighbouring features
+            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (tokens,)
+            call["strides"] = call["strides"] or (1,)
         return call
 
     def reduce(self, attr: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ class _InternalMethod(CaptumMethod):
         self.layer_name = layer
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, family={self.adapter.family!r}, layer={self.layer_name!r})"
+        return f"{type(self).__name__}(name={self.name!r}, adapter={type(self.adapter).__name__}, layer={self.layer_name!r})"
 
     def _prepare(self, inputs: Inputs, target: Any) -> torch.Tensor | None:
         if target is None and not self.requires_target:
@@ -124,7 +124,7 @@ class LayerMethod(_InternalMethod):
     to the input: ``"bilinear"`` by default, or ``"nearest"``, ``"bicubic"``, ``"area"``).
     """
 
-    families = ("vit", "cnn", "bert")
+    requires = frozenset({"layer_map"})
     #: how the K units of a position become one value: "sum" or "norm" (L2)
     neuron_reduce: str = "sum"
 
@@ -286,7 +286,6 @@ class NeuronMethod(_InternalMethod):
     out of range raises a ``ValueError`` naming the layer's layout.
     """
 
-    families = ("vit", "cnn", "bert", "tabular")
     requires_target = False
 
     def __init__(self, adapter: BackboneAdapter, *, seed: int | None = 0, layer: str | None = None,
@@ -303,7 +302,7 @@ class NeuronMethod(_InternalMethod):
         self.neuron: tuple[int, ...] | None = neuron
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, family={self.adapter.family!r}, "
+        return (f"{type(self).__name__}(name={self.name!r}, adapter={type(self.adapter).__name__}, "
                 f"layer={self.layer_name!r}, neuron={self.neuron!r})")
 
     def inapplicable_metrics(self) -> dict[str, str]:

@@ -84,27 +84,16 @@ class FRESH(_OneGroupMethod):
     Cell importance: the last layer's attention from the CLS token to each cell, averaged
     over heads (ViT: to each patch; BERT: to each token; special tokens and padding are
     never kept). The group: the top ``max(1, floor(tau · n_valid))`` cells. The prediction:
-    the frozen backbone on that group alone (``adapter.forward_groups``). The backbone must
-    compute attention maps (``attn_implementation="eager"``). ViT and BERT only.
+    the frozen backbone on that group alone (``adapter.forward_groups``). Needs the adapter's
+    ``cls_attention`` capability (transformer backbones computing attention maps,
+    ``attn_implementation="eager"``).
     """
 
     name = "fresh"
-    families = ("vit", "bert")
+    requires = frozenset({"cls_attention"})
 
-    @torch.no_grad()
     def cell_importance(self, inputs: Inputs, target: torch.Tensor | None = None) -> torch.Tensor:
-        model = self.adapter.model
-        if self.adapter.family == "vit":
-            out = model(pixel_values=inputs, output_attentions=True)
-        else:
-            out = model(**inputs, output_attentions=True)
-        self.adapter._capture.value = None  # the classifier hook fired outside forward_with_embedding
-        attentions = getattr(out, "attentions", None)
-        if not attentions or attentions[-1] is None:
-            raise RuntimeError("the backbone returned no attention maps: build it with "
-                               "attn_implementation='eager' (SDPA attention does not return them)")
-        cls_row = attentions[-1][:, :, 0, :].mean(1)  # (B, T)
-        return cls_row[:, 1:] if self.adapter.family == "vit" else cls_row
+        return self.adapter.cls_attention(inputs)
 
     @torch.no_grad()
     def predict(self, inputs: Inputs) -> torch.Tensor:
@@ -127,7 +116,7 @@ class FConversion(_OneGroupMethod):
             raise InputTypeError(f"FConversion wraps an AttributionMethod, got {type(method).__name__}")
         if method.grouped:
             raise InputError(f"method {method.name!r} is already self-attributing; '-F' applies to post-hoc methods")
-        self.families = method.families
+        self.requires = method.requires
         super().__init__(method.adapter, tau=tau, tie_seed=tie_seed)
         self.method = method
         self.name = f"{method.name}-f"
@@ -327,7 +316,7 @@ class BagNetMethod(AttributionMethod):
     """
 
     name = "bagnet"
-    families = ("vit", "cnn")
+    requires = frozenset({"cell_grid", "image_input"})
     completeness = "output"  # the patch shares add up to the BagNet's own logit
     multiplies_by_inputs = True
 
@@ -337,7 +326,7 @@ class BagNetMethod(AttributionMethod):
         if model is None:
             if train_data is None:
                 raise InputError("the 'bagnet' method needs model= a trained BagNetModel, or train_data= to train one")
-            shape = getattr(adapter, "input_shape", None) or (adapter.channels, *adapter.image_size)
+            shape = adapter.input_shape
             model = BagNetModel(shape[0], adapter.num_outputs, tuple(shape[1:]), adapter.cell_grid, width=width,
                                 depth=depth, seed=seed)
             model.fit(train_data, steps, seed=seed, progress=progress)

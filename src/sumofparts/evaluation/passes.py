@@ -8,11 +8,10 @@ re-made insertion path. :class:`PassCache` remembers, for one batch, the backbon
 ``(logits, embedding)`` for each distinct pair (input content, cell mask), and computes only the
 pairs it has not seen, in one batched call of the adapter's own ``forward_groups``.
 
-While :meth:`PassCache.routed` is active, ``adapter.forward_groups`` is this cache's
-:meth:`PassCache.forward_groups` (an instance attribute shadowing the method for the duration
-of the ``with`` block, removed on exit), so everything that runs groups through the backbone —
-SOP's ``forward_masks``, the curves, the "-F" conversions, FRESH — shares the passes without
-knowing about it. The outputs are the backbone's own: a cached pair returns exactly the tensors
+While :meth:`PassCache.routed` is active, the adapter answers ``forward_groups`` from this cache
+(``adapter.sharing_passes(cache)``, the adapter's own hook for it), so everything that runs
+groups through the backbone — SOP's ``forward_masks``, the curves, the "-F" conversions,
+FRESH — shares the passes without knowing about it. The outputs are the backbone's own: a cached pair returns exactly the tensors
 the backbone computed for it.
 
 :func:`count_passes` counts the rows that reach the backbone (and SOP's encoder copy): the
@@ -56,11 +55,10 @@ class PassCache:
     def __init__(self, adapter: nn.Module, chunk_rows: int = 32):
         self.adapter = adapter
         self.chunk_rows = max(1, int(chunk_rows))  # masked inputs per backbone call (small batches run faster on CPU)
-        self.original = type(adapter).forward_groups.__get__(adapter)  # the adapter's own method
+        self.original = adapter.compute_groups  # the backbone's own passes, whatever sharing_passes says
         self.store: dict[tuple[bytes, bytes], tuple[torch.Tensor, torch.Tensor]] = {}
         self.requested = 0
         self.computed = 0
-        self._equal_sizes = False  # the adapter needs groups of one size per call (ViT patch dropping)
 
     @torch.no_grad()
     def forward_groups(self, inputs: Any, masks: torch.Tensor, *, mode: str | None = None
@@ -94,15 +92,11 @@ class PassCache:
 
     def _run(self, inputs: Any, rows: torch.Tensor, masks: torch.Tensor, keys: list, mode: str) -> None:
         sub = self.adapter.select(inputs, rows.to(self._device(inputs)))
-        if not self._equal_sizes:
-            try:
-                y, z = self.original(sub, masks[:, None, :], mode=mode)
-            except ValueError:
-                self._equal_sizes = True  # e.g. patch dropping: every group of a call must hold as many cells
-            else:
-                self._put(keys, y[:, 0], z[:, 0])
-                return
-        sizes = masks.sum(-1)
+        if not self.adapter.equal_group_sizes(mode):
+            y, z = self.original(sub, masks[:, None, :], mode=mode)
+            self._put(keys, y[:, 0], z[:, 0])
+            return
+        sizes = masks.sum(-1)  # e.g. patch dropping: every group of a call must hold as many cells
         for size in torch.unique(sizes).tolist():
             sel = torch.nonzero(sizes == size).flatten()
             y, z = self.original(self.adapter.select(sub, sel.to(self._device(inputs))), masks[sel][:, None, :],
@@ -121,24 +115,15 @@ class PassCache:
 
     @contextlib.contextmanager
     def bypassed(self) -> Iterator[None]:
-        """Inside a :meth:`routed` block: let the adapter run its own ``forward_groups`` for a while."""
-        routed = "forward_groups" in self.adapter.__dict__
-        if routed:
-            del self.adapter.forward_groups
-        try:
+        """Inside a :meth:`routed` block: let the adapter compute its own passes for a while."""
+        with self.adapter.sharing_passes(None):
             yield
-        finally:
-            if routed:
-                self.adapter.forward_groups = self.forward_groups
 
     @contextlib.contextmanager
     def routed(self) -> Iterator["PassCache"]:
         """Send every ``adapter.forward_groups`` call through this cache inside the block."""
-        self.adapter.forward_groups = self.forward_groups
-        try:
+        with self.adapter.sharing_passes(self):
             yield self
-        finally:
-            del self.adapter.forward_groups
 
 
 @contextlib.contextmanager

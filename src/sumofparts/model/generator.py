@@ -4,12 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters.base import gaussian_kernel
 from ..errors import ConfigError
 from ..ops import cell_counts, top_cells
 
 __all__ = ["GroupGenerator", "sample_candidates", "candidate_queries", "lattice_cells", "binarise_top_tau",
-           "group_scale", "CANDIDATE_SCHEMES"]
+           "group_scale", "gaussian_kernel", "CANDIDATE_SCHEMES"]
+
+
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    """A normalised 2-D Gaussian kernel ``(size, size)``."""
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    k = torch.outer(g, g)
+    return k / k.sum()
 
 
 class GroupGenerator(nn.Module):

@@ -34,7 +34,7 @@ class SumOfParts(nn.Module):
 
     Build one with :meth:`from_backbone`; load a trained one with :meth:`from_pretrained`.
 
-    >>> sop = SumOfParts.from_backbone(vit, adapter="vit", num_groups=20, tau=0.2)
+    >>> sop = SumOfParts.from_backbone(vit, adapter=ViTAdapter(vit), num_groups=20, tau=0.2)
     >>> out = sop(images)                      # SOPOutput: logits, group_logits, group_weights, masks, ...
     >>> expl = sop.explain(images, target=3)   # + per-pixel attributions for class 3
     """
@@ -63,8 +63,9 @@ class SumOfParts(nn.Module):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, model: nn.Module, adapter: str | BackboneAdapter = "vit", **kwargs: Any) -> "SumOfParts":
-        """Wrap ``model``. ``adapter``: ``"vit"``, ``"cnn"``, ``"bert"`` or an adapter instance.
+    def from_backbone(cls, model: nn.Module, adapter: str | BackboneAdapter, **kwargs: Any) -> "SumOfParts":
+        """Wrap ``model``. ``adapter``: a family name registered in :data:`sumofparts.adapters.ADAPTERS`
+        (the adapter class is built around ``model``) or an adapter instance.
 
         Keyword arguments that are :class:`SOPConfig` fields configure the model; the
         rest go to the adapter (e.g. ``feature_layer=``, ``grid=`` for a CNN).

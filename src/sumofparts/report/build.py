@@ -30,7 +30,7 @@ def default_report_methods(adapter) -> list[str]:
     try:
         from ..attribution import available_methods
 
-        avail = set(available_methods(include_f=False, family=getattr(adapter, "family", None)))
+        avail = set(available_methods(include_f=False, adapter=adapter))
     except Exception:  # noqa: BLE001 - the registry is optional for the report
         return []
     kind = "image" if getattr(adapter, "cell_grid", None) is not None else "text"

@@ -1,43 +1,42 @@
-"""Post-hoc feature attributions of a polynomial (or any ``(B, d) -> (B,)`` model) via Captum.
+"""Post-hoc feature attributions of a polynomial (or any ``(B, d) -> (B,)`` model), from the library's
+attribution registry.
 
-Every method explains the input ``x = 1`` (all ones) against the baseline ``0`` (all zeros), the
-setting of the insertion-error theorem, and returns a float64 numpy vector of length ``d``.
-Computation is in float64. Sampling methods get a fixed budget and a fixed seed
-(``torch.manual_seed(seed)`` right before the call), so results are reproducible:
+The model is wrapped in a :class:`~sumofparts.adapters.TabularAdapter` (cells = the d features, a
+removed feature set to 0) and each method is the registry's own (:func:`sumofparts.attribution.get_method`,
+Captum underneath), so the theory table and the evaluation run the same code. Every method explains
+the input ``x = 1`` (all ones) against the baseline ``0`` (all zeros), the setting of the
+insertion-error theorem, in float64, and returns a float64 numpy vector of length ``d``. Sampling
+methods get a fixed budget and a seed (:func:`sumofparts.ops.seeded`), so results are reproducible:
 
-==================  ==========================================================================
-name                what runs
-==================  ==========================================================================
-lime                ``captum.attr.Lime`` (Captum defaults: Lasso(alpha=0.01) surrogate, cosine
-                    exponential kernel, Bernoulli(0.5) masks), ``n_samples = budget["lime"]``
-kernel_shap         ``captum.attr.KernelShap``, ``n_samples = budget["kernel_shap"]``
-shapley_sampling    ``captum.attr.ShapleyValueSampling``, ``budget["shapley_sampling"]``
-                    permutations (each costs d + 1 model calls)
-integrated_gradients ``captum.attr.IntegratedGradients``, Gauss–Legendre with
-                    ``budget["integrated_gradients"]`` steps (exact for polynomials of degree
-                    below twice that)
-gradient_x_input    ``captum.attr.InputXGradient``
-saliency            ``captum.attr.Saliency`` (Captum default ``abs=True``)
-feature_ablation    ``captum.attr.FeatureAblation`` (each feature set to the baseline alone)
-deeplift            ``captum.attr.DeepLift`` (the polynomial has no nonlinearity modules, so the
-                    rescale rule never fires and it reduces to gradient × (x − baseline))
-shapley_exact       exact Shapley values by enumerating all 2**d subsets (not Captum)
-==================  ==========================================================================
+=====================  =====================  ==============================================================
+theory name            registry method        options
+=====================  =====================  ==============================================================
+lime                   ``lime``               Captum's own surrogate (Lasso, alpha 0.01), cosine exponential
+                                              kernel, Bernoulli(0.5) masks; ``n_samples = budget["lime"]``
+kernel_shap            ``kernelshap``         ``n_samples = budget["kernel_shap"]``
+shapley_sampling       ``shapley``            ``budget["shapley_sampling"]`` permutations (each costs d + 1
+                                              model calls)
+integrated_gradients   ``intgrad``            Gauss–Legendre with ``budget["integrated_gradients"]`` steps
+                                              (exact for polynomials of degree below twice that)
+gradient_x_input       ``gradxinput``
+saliency               ``saliency``           ``abs=True``
+feature_ablation       ``feature_ablation``   each feature set to the baseline alone
+deeplift               ``deeplift``           the polynomial has no nonlinearity modules, so the rescale rule
+                                              never fires and it reduces to gradient × (x − baseline)
+shapley_exact          (not a method)         exact Shapley values by enumerating all 2**d subsets
+=====================  =====================  ==============================================================
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import copy
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+
 from ..errors import InputError
 
-__all__ = [
-    "DEFAULT_BUDGET",
-    "METHOD_NAMES",
-    "run_method",
-    "run_methods",
-]
+__all__ = ["DEFAULT_BUDGET", "METHOD_NAMES", "REGISTRY_NAMES", "run_method", "run_methods"]
 
 #: Budgets of the sampling / quadrature methods (model evaluations or steps, see module doc).
 DEFAULT_BUDGET: dict[str, int] = {
@@ -47,21 +46,41 @@ DEFAULT_BUDGET: dict[str, int] = {
     "integrated_gradients": 64,
 }
 
-METHOD_NAMES: tuple[str, ...] = (
-    "lime",
-    "kernel_shap",
-    "shapley_sampling",
-    "integrated_gradients",
-    "gradient_x_input",
-    "saliency",
-    "feature_ablation",
-    "deeplift",
-    "shapley_exact",
-)
+#: the theory's method names and the attribution registry's method each one is
+REGISTRY_NAMES: dict[str, str] = {
+    "lime": "lime",
+    "kernel_shap": "kernelshap",
+    "shapley_sampling": "shapley",
+    "integrated_gradients": "intgrad",
+    "gradient_x_input": "gradxinput",
+    "saliency": "saliency",
+    "feature_ablation": "feature_ablation",
+    "deeplift": "deeplift",
+}
+
+METHOD_NAMES: tuple[str, ...] = (*REGISTRY_NAMES, "shapley_exact")
 
 
-class _Float64(torch.nn.Module):
-    """Wraps a model so that it sees float64 inputs and returns a ``(B,)`` float64 output."""
+def _options(name: str, d: int, budget: Mapping[str, int]) -> dict[str, Any]:
+    """The registry method's options for the theory's setting (see the module's table)."""
+    if name == "lime":
+        from captum._utils.models.linear_model import SkLearnLasso
+
+        return {"n_samples": budget["lime"], "perturbations_per_eval": 64,
+                "interpretable_model": SkLearnLasso(alpha=0.01)}
+    if name == "kernel_shap":
+        return {"n_samples": budget["kernel_shap"], "perturbations_per_eval": 64}
+    if name == "shapley_sampling":
+        return {"n_samples": budget["shapley_sampling"], "perturbations_per_eval": max(1, d)}
+    if name == "integrated_gradients":
+        return {"n_steps": budget["integrated_gradients"], "method": "gausslegendre"}
+    if name == "feature_ablation":
+        return {"perturbations_per_eval": max(1, d)}
+    return {}
+
+
+class _Scalar(torch.nn.Module):
+    """The model as a float64 module with one scalar output per input, ``(B,)``."""
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
@@ -90,6 +109,16 @@ def _model_d(model, d: int | None) -> int:
     return d
 
 
+def _adapter(model: Callable[[torch.Tensor], torch.Tensor], d: int):
+    """A float64 :class:`~sumofparts.adapters.TabularAdapter` around a copy of ``model`` (the caller's
+    module is never changed: not its dtype, its mode or its parameters' ``requires_grad``)."""
+    from ..adapters import IdentityHead, TabularAdapter
+
+    if isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model).double()
+    return TabularAdapter(IdentityHead(_Scalar(model), 1).double(), num_features=d, classifier="head")
+
+
 def run_method(
     name: str,
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -99,8 +128,6 @@ def run_method(
     budget: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Attribution of ``model`` at ``x = 1`` against baseline ``0`` by method ``name``."""
-    import captum.attr as ca
-
     if name not in METHOD_NAMES:
         raise InputError(f"unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
     d = _model_d(model, d)
@@ -116,41 +143,11 @@ def run_method(
 
         return exact_shapley(subset_values(model, d=d))
 
-    if isinstance(model, torch.nn.Module):
-        if any(p.is_floating_point() for p in model.parameters()):
-            import copy
+    from ..attribution import get_method
 
-            model = copy.deepcopy(model).double()  # never touch the caller's module
-    f = _Float64(model)
-    x = torch.ones(1, d, dtype=torch.float64)
-    base = torch.zeros(1, d, dtype=torch.float64)
-    torch.manual_seed(int(seed))
-    if name == "lime":
-        attr = ca.Lime(f).attribute(x, baselines=base, n_samples=bud["lime"], perturbations_per_eval=64)
-    elif name == "kernel_shap":
-        attr = ca.KernelShap(f).attribute(x, baselines=base, n_samples=bud["kernel_shap"], perturbations_per_eval=64)
-    elif name == "shapley_sampling":
-        attr = ca.ShapleyValueSampling(f).attribute(
-            x, baselines=base, n_samples=bud["shapley_sampling"], perturbations_per_eval=max(1, d)
-        )
-    elif name == "integrated_gradients":
-        attr = ca.IntegratedGradients(f).attribute(
-            x, baselines=base, n_steps=bud["integrated_gradients"], method="gausslegendre"
-        )
-    elif name == "gradient_x_input":
-        attr = ca.InputXGradient(f).attribute(x.clone().requires_grad_(True))
-    elif name == "saliency":
-        attr = ca.Saliency(f).attribute(x.clone().requires_grad_(True))
-    elif name == "feature_ablation":
-        attr = ca.FeatureAblation(f).attribute(x, baselines=base, perturbations_per_eval=max(1, d))
-    elif name == "deeplift":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            attr = ca.DeepLift(f).attribute(x, baselines=base)
-    else:  # pragma: no cover - guarded above
-        raise AssertionError(name)
+    adapter = _adapter(model, d)
+    method = get_method(REGISTRY_NAMES[name], adapter, seed=int(seed), **_options(name, d, bud))
+    attr = method.attribute(torch.ones(1, d, dtype=torch.float64), 0)
     out = attr.detach().to(torch.float64).reshape(-1).cpu().numpy()
     if out.shape != (d,):
         raise RuntimeError(f"{name} returned shape {out.shape}, expected ({d},)")
