@@ -160,7 +160,7 @@ def test_perturbation_methods_equal_captum(family, cnn_setup, vit_setup):
     direct = ca.KernelShap(net).attribute(x, baselines=zero, target=TARGET, feature_mask=fm, n_samples=20,
                                           perturbations_per_eval=16)
     same(get_method("kernelshap", adapter).attribute(x, TARGET), direct)
-    # LIME's surrogate is lime's own ridge (alpha 1), not Captum's default Lasso (see attribution/captum_methods.py)
+    # LIME's surrogate is lime's own ridge (alpha 1), not Captum's default Lasso (see attribution/perturbation.py)
     from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
 
     torch.manual_seed(0)

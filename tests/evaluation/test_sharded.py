@@ -20,12 +20,12 @@ SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 import torch.distributed as dist
-from sumofparts.cli import _init_distributed
+from sumofparts.cli import init_distributed
 from sumofparts.evaluation import evaluate_task
 from sumofparts.model import SumOfParts
 from sumofparts.tasks import get_task
 checkpoint, cache, out = sys.argv[1:4]
-_init_distributed()  # gloo on CPU, from torchrun's environment
+init_distributed()  # gloo on CPU, from torchrun's environment
 sop = SumOfParts.from_pretrained(checkpoint)
 data = get_task("synthetic").load_data(cache, size="small", progress=False)
 evaluate_task((sop, data), **KW, out_dir=out, progress=False)

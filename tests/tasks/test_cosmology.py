@@ -314,8 +314,8 @@ def test_task_registry_backbone_and_adapter(small, tmp_path):
     assert adapter.num_cells(data.test.inputs[:2]) == 196
 
 
-@pytest.mark.skipif(not cm.COMMITTED_WEIGHTS.is_file(), reason="committed weights not written yet")
 def test_committed_weights_match_the_default_data(small, tmp_path):
+    assert cm.COMMITTED_WEIGHTS.is_file(), "the cosmology CNN's weights are committed with the package"
     side = read_json(cm.COMMITTED_WEIGHTS.with_suffix(".json"))
     # retrain (scripts/train_cosmology_backbone.py) whenever the simulator changes
     assert side["data_hash"] == SIZES["default"].content_hash()

@@ -11,7 +11,8 @@ import torch
 from sumofparts.io import read_json
 from sumofparts.tasks import get_task
 from sumofparts.tasks import sentiment as st
-from sumofparts.tasks.sentiment import MAX_LENGTH, SentimentTask
+from sumofparts.adapters import BertAdapter
+from sumofparts.tasks.sentiment import MAX_LENGTH, SentimentTask, load_tokenizer
 
 torch.set_num_threads(1)
 
@@ -157,10 +158,9 @@ def test_other_split_does_not_use_committed(tmp_path):
 
 
 def test_adapter(backbone):
-    backbones = pytest.importorskip("sumofparts.adapters")
-    if not hasattr(backbones, "BertAdapter"):
-        pytest.skip("BertAdapter not written yet")
-    assert SentimentTask().make_adapter(backbone) is not None
+    adapter = SentimentTask().make_adapter(backbone)
+    assert isinstance(adapter, BertAdapter) and adapter.num_outputs == 2
+    assert adapter.mask_token_id == load_tokenizer().mask_token_id
 
 
 def test_training_fallback_is_cached(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..adapters.base import BackboneAdapter, Inputs, describe
+from ..adapters.base import BackboneAdapter, Inputs
 from ..errors import InputError, InputTypeError
 from ..ops import cell_counts, check_target, seeded, top_cells
 
@@ -137,9 +137,12 @@ class AttributionMethod:
     #: between the empty value and its own): infidelity then uses I / x as the perturbation
     #: (Captum's ``multiply_by_inputs`` convention; see :mod:`sumofparts.metrics.robustness`).
     multiplies_by_inputs: bool = False
-    #: the method takes ``task=`` ("classification" / "regression") to choose what it weighs
-    #: (RISE: probabilities or output values); the evaluation passes the task's kind.
-    takes_task: bool = False
+    #: the method trains a model of its own on the task's training data (``train_data=``; BagNet): the
+    #: evaluation trains it once, keeps it with its shards (:meth:`save_own_model` / :meth:`load_own_model`)
+    #: and passes it back as ``model=`` with the options in :attr:`training_options` left out
+    trains_own_model: bool = False
+    #: options that only shape the training of the method's own model
+    training_options: frozenset[str] = frozenset()
 
     def __init__(self, adapter: BackboneAdapter, **options: Any):
         if not isinstance(adapter, BackboneAdapter):
@@ -212,6 +215,15 @@ class AttributionMethod:
         N/A with the reason under the table. Default: none (every metric applies).
         """
         return {}
+
+    def save_own_model(self, path: Any) -> None:
+        """Methods that train a model of their own: write it to ``path`` (safetensors)."""
+        raise NotImplementedError(f"method {self.name!r} has no model of its own to save")
+
+    @classmethod
+    def load_own_model(cls, path: Any) -> Any:
+        """Methods that train a model of their own: read what :meth:`save_own_model` wrote."""
+        raise NotImplementedError(f"method {cls.name!r} has no model of its own to load")
 
     def explain_groups(self, inputs: Inputs, target: Target) -> GroupedResult:
         """Grouped methods only: masks ``(B, G, N)``, scores ``(B, G)``, prediction ``(B, C)``."""

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..adapters.base import BackboneAdapter, Inputs
 from .base import check_target
-from .captum_methods import CaptumMethod, _captum, quiet_captum
+from .captum import CaptumMethod, _captum, quiet_captum
 from ..errors import InputError, InputTypeError
 
 __all__ = ["LayerMethod", "LayerIntegratedGradients", "LayerGradCAM", "LayerConductance", "LayerActivation",

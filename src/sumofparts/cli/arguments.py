@@ -6,18 +6,23 @@
 * :func:`parse_overrides` reads ``--set KEY=VALUE`` / ``--train-set KEY=VALUE`` pairs
   against a field table (unknown keys and mistyped values are a
   :class:`~sumofparts.errors.ConfigError` naming the option and the field).
-* :func:`check_device` checks ``--device`` against what this machine has.
+* :func:`check_device` checks ``--device`` against what this machine has;
+* :func:`set_threads` applies ``--threads``; :func:`resolve_configs` checks ``--set`` /
+  ``--train-set`` / ``--steps`` before any work starts; :func:`add_run_options` adds the options
+  that ``sop run`` and ``sop train`` share; :func:`check_out` refuses an unwritable ``--out`` early.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..validation import Field, check_value
 
-__all__ = ["field_type", "POSITIVE_INT", "NONNEGATIVE_INT", "parse_overrides", "check_device"]
+__all__ = ["field_type", "POSITIVE_INT", "NONNEGATIVE_INT", "parse_overrides", "check_device", "set_threads",
+           "resolve_configs", "add_run_options", "check_out"]
 
 
 def field_type(spec: Field) -> Callable[[str], Any]:
@@ -92,3 +97,59 @@ def check_device(name: str | None) -> str:
             raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
         return str(device)
     raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: torch's intra-op threads (``None``: torch's own choice)."""
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output directory that cannot be written, before any work starts."""
+    from ..io import check_writable
+
+    check_writable(out)
+
+
+def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Sequence[str] | None, *,
+                    steps: int | None = None, seed: int = 0) -> tuple[dict[str, Any], Any]:
+    """Check ``--set``/``--train-set``/``--steps`` before any work starts.
+
+    Returns the SOP overrides (checked against :data:`~sumofparts.model.config.SOP_CONFIG_FIELDS`
+    and combined with the task's defaults once, so that a bad combination fails now) and
+    the :class:`~sumofparts.training.TrainConfig`.
+    """
+    from ..model.config import SOP_CONFIG_FIELDS, SOPConfig
+    from ..tasks import get_task
+    from ..training import TRAIN_CONFIG_FIELDS, TrainConfig
+
+    task = get_task(task_name)
+    sop_over = parse_overrides(sop_set, SOP_CONFIG_FIELDS, "--set", exclude=("backbone",))
+    SOPConfig.from_dict({**task.sop_defaults, **sop_over})
+    train_over = parse_overrides(train_set, TRAIN_CONFIG_FIELDS, "--train-set")
+    if steps is not None:
+        train_over["steps"] = steps
+    return sop_over, TrainConfig.from_dict({**task.train_defaults, "seed": seed, **train_over})
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--backbone", default=None, help="which backbone of the task (e.g. vit | cnn for fashion)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache (default: $SOP_CACHE or "
+                                                                "~/.cache/sumofparts)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="SOP training steps (default: the task's)")
+    p.add_argument("--set", dest="sop_set", nargs="*", metavar="KEY=VALUE",
+                   help="override SOP config fields, e.g. --set tau=0.2 num_groups=20")
+    p.add_argument("--train-set", dest="train_set", nargs="*", metavar="KEY=VALUE",
+                   help="override training fields, e.g. --train-set lr=1e-3 batch_size=32")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted SOP training in --out")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the configuration differs from the saved run's")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+

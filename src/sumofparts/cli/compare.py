@@ -16,79 +16,16 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
-from ..analysis import similarity as S
+from ..analysis.similarity import METRICS
 from ..errors import InputError
+from .paths import run_dir
 
-__all__ = ["register", "run_compare"]
-
-
-def _matrix_csv(mat) -> str:
-    from ..evaluation import _csv
-
-    rows = [{"layer": r, **{c: float(v) for c, v in zip(mat.cols, mat.values[i])}} for i, r in enumerate(mat.rows)]
-    return _csv(rows, ["layer", *mat.cols])
-
-
-def run_compare(task_name: str, a: str, b: str | None, out_dir: Path, *, n: int = 500, metrics=None,
-                layers_a=None, layers_b=None, pca_layer: str | None = None, backbone: str | None = None,
-                size: str = "default", seed: int = 0, cache_dir: Path | None = None, batch_size: int = 64,
-                progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Load the task's data and the two models, compare them on the first ``n`` test inputs and
-    write the tables and figures (see the module docstring); returns the comparison's dict."""
-    from ..io import atomic_write_json, atomic_write_text
-    from ..report.figures import save_figure
-    from ..tasks import default_cache_dir, get_task
-    from ..analysis.compare import (comparison_markdown, compare_models, diagonal_figure, heatmap_figure, pca_figure,
-                          resolve_model, task_inputs)
-
-    task = get_task(task_name)
-    cache_dir = Path(cache_dir or default_cache_dir())
-    data = task.load_data(cache_dir, size=size, seed=seed, progress=progress)
-    view_a = resolve_model(a, task, data, cache_dir, backbone=backbone)
-    view_b = None if b is None or b == a else resolve_model(b, task, data, cache_dir, backbone=backbone)
-    if pca_layer is not None and pca_layer not in view_a.layers and (view_b is None or pca_layer not in view_b.layers):
-        raise InputError(f"--pca-layer {pca_layer!r} is not a layer of the compared models: {', '.join(view_a.layers)}")
-    inputs, targets = task_inputs(data, n)
-    acts_a = view_a.activations(inputs, layers_a, batch_size=batch_size, progress=progress)
-    if view_b is None and layers_b is None:
-        acts_b = acts_a
-    else:
-        acts_b = (view_b or view_a).activations(inputs, layers_b, batch_size=batch_size, progress=progress)
-    comp = compare_models(view_a, view_b, inputs, metrics=metrics or list(S.METRICS), progress=progress,
-                          activations=(acts_a, acts_b))
-    out_dir = Path(out_dir)
-    figures = []
-    save_figure(heatmap_figure(comp), out_dir / "compare_heatmaps", close=True)
-    figures.append("compare_heatmaps.png")
-    if view_b is not None and comp.diagonal():
-        save_figure(diagonal_figure(comp), out_dir / "compare_diagonal", close=True)
-        figures.append("compare_diagonal.png")
-    shared = [k for k in acts_a if k in acts_b]
-    layer = pca_layer or (shared[-1] if shared else list(acts_a)[-1])
-    embeddings = {}
-    if layer in acts_a:
-        embeddings[f"A: {comp.a}"] = acts_a[layer]
-    if view_b is not None and layer in acts_b:
-        embeddings[f"B: {comp.b}"] = acts_b[layer]
-    if not embeddings:
-        raise InputError(f"--pca-layer {layer!r} is not among the compared layers: {', '.join(acts_a)} (choose it "
-                         "with --layers-a / --layers-b too)")
-    save_figure(pca_figure(embeddings, targets, target_names=data.output_names, kind=data.kind, layer=layer),
-                out_dir / "pca", close=True)
-    figures.append("pca.png")
-    result = comp.to_dict() | {"task": task_name, "command": command, "pca_layer": layer, "figures": figures,
-                               "inputs": f"the first {comp.n} test inputs of {task_name} ({size}, seed {seed})"}
-    for m, mat in comp.matrices.items():
-        atomic_write_text(out_dir / f"compare_{m}.csv", _matrix_csv(mat))
-    atomic_write_json(out_dir / "compare.json", result)
-    atomic_write_text(out_dir / "compare.md", comparison_markdown(comp, command=command, figures=figures))
-    result["comparison"] = comp
-    return result
+__all__ = ["register"]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..analysis.compare import run_compare
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -96,7 +33,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 3:
         raise InputError(f"--n must be at least 3, got {args.n}")
-    out = args.out or Path("sop-runs") / args.task / "compare"
+    out = args.out or run_dir(args.task, "compare")
     command = "sop " + " ".join(shlex.quote(x) for x in (getattr(args, "argv", None) or sys.argv[1:]))
     with threadpool_limits(args.threads or None):
         res = run_compare(args.task, args.a, args.b, out, n=args.n, metrics=args.metrics, layers_a=args.layers_a,
@@ -128,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--b", default=None, help="model B (default: A itself: every layer of A against every other)")
     p.add_argument("--layers-a", nargs="+", default=None, metavar="LAYER", help="layers of A (default: all named)")
     p.add_argument("--layers-b", nargs="+", default=None, metavar="LAYER", help="layers of B (default: all named)")
-    p.add_argument("--metrics", nargs="+", default=None, choices=list(S.METRICS),
+    p.add_argument("--metrics", nargs="+", default=None, choices=list(METRICS),
                    help="similarities to compute (default: all)")
     p.add_argument("--n", type=int, default=500, help="test inputs to read (default: %(default)s)")
     p.add_argument("--pca-layer", default=None, help="layer of the PCA figure (default: the last shared layer)")

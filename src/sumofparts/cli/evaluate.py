@@ -10,30 +10,29 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .arguments import NONNEGATIVE_INT, POSITIVE_INT
+from .arguments import NONNEGATIVE_INT, POSITIVE_INT, set_threads
+from .paths import best_checkpoint, run_dir
 from ..errors import ConfigError
 
 __all__ = ["register"]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
 
     from ..evaluation import evaluate_task
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     if args.tie_samples < 1:
         raise ConfigError(f"--tie-samples must be >= 1, got {args.tie_samples}")
     device = None
     if args.distributed:
-        from .main import _init_distributed
+        from .train import init_distributed
 
-        device = _init_distributed()
-    checkpoint = args.checkpoint or Path("sop-runs") / args.task / "sop" / "best"
-    out = args.out or Path("sop-runs") / args.task / "evaluation"
+        device = init_distributed()
+    checkpoint = args.checkpoint or best_checkpoint(args.task)
+    out = args.out or run_dir(args.task, "evaluation")
     command = _command_line(args)
     try:
         tables = evaluate_task(args.task, methods=args.methods, n=args.n, seed=args.seed, out_dir=out,

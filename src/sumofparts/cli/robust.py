@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Any
+from .paths import run_dir
 
 __all__ = ["register", "run_robust_finetune", "format_scores"]
 
@@ -73,7 +74,7 @@ def _cmd(args: argparse.Namespace) -> int:
     over = parse_overrides(args.set, ROBUST_CONFIG_FIELDS, "--set")
     if args.epochs is not None:
         over["epochs"] = args.epochs
-    out = args.out or Path("sop-runs") / args.task / "robust-backbone.safetensors"
+    out = args.out or run_dir(args.task, "robust-backbone.safetensors")
     res = run_robust_finetune(args.task, source=args.backbone, out=out, overrides=over, cache_dir=args.cache_dir,
                               size=args.size, seed=args.seed, progress=not args.no_progress,
                               command="sop " + " ".join(shlex.quote(a) for a in args.argv))

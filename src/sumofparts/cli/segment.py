@@ -5,6 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 from ..errors import InputError
+from .paths import run_dir
 
 __all__ = ["register"]
 
@@ -47,7 +48,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     data = task.load_data(args.cache_dir or default_cache_dir(), size=args.size, seed=args.seed,
                           progress=not args.no_progress)
     images, labels = data.test.tensors[0], data.test.tensors[1]
-    out = args.out or Path("sop-runs") / "fashion" / "segmentation"
+    out = args.out or run_dir("fashion", "segmentation")
     unet_info = {k: info.get(k) for k in ("num_parameters", "test", "test_full_10k", "command", "weights_sha256",
                                           "config")}
     unet_info["weights"] = str(args.weights) if args.weights else "sumofparts/weights/fashion_unet.safetensors"

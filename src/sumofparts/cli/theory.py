@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .arguments import NONNEGATIVE_INT, POSITIVE_INT
 
-__all__ = ["register", "main_theory", "build_parser", "main"]
+__all__ = ["register", "main_theory", "main"]
 
 
 def _methods_arg(text: str) -> list[str]:
@@ -71,18 +71,14 @@ def main_theory(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     methods = list(METHOD_NAMES) if args.methods is None else list(args.methods)
-    try:
-        rows = theory_rows(
-            args.d_max,
-            methods=methods,
-            lp_d_max=args.lp_d_max,
-            seed=args.seed,
-            progress=not getattr(args, "no_progress", False),
-            extra_attributions=sop_extra_attributions(args.sop_steps, args.seed) if args.sop_steps else None,
-        )
-    except ValueError as exc:
-        print(f"sop theory: error: {exc}", file=sys.stderr)
-        return 2
+    rows = theory_rows(
+        args.d_max,
+        methods=methods,
+        lp_d_max=args.lp_d_max,
+        seed=args.seed,
+        progress=not getattr(args, "no_progress", False),
+        extra_attributions=sop_extra_attributions(args.sop_steps, args.seed) if args.sop_steps else None,
+    )
     cmd = f"sop theory --d-max {args.d_max}"
     if args.methods is not None:
         cmd += f" --methods {','.join(methods) or 'none'}"
@@ -99,19 +95,14 @@ def main_theory(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sop")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m sumofparts.cli.theory theory --d-max 12``."""
+    """Stand-alone entry: ``python -m sumofparts.cli.theory --d-max 12`` is ``sop theory --d-max 12``."""
+    from .main import main as sop
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
+    if not argv or argv[0] != "theory":
         argv = ["theory", *argv]
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return sop(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

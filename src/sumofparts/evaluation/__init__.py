@@ -3,8 +3,8 @@
 :mod:`.plan` (rows and protocols), :mod:`.runner` (one batch), :mod:`.passes` (shared backbone
 passes), :mod:`.shards` (resumable, shardable per-batch files), :mod:`.tables` (statistics and files).
 """
-from .evaluate import (DEFAULT_METHODS, EvalSettings, EvalTables, PlanEntry, _csv, csv_text, default_methods,
-                       evaluate_task, resolve_methods, training_target_mean)
+from .evaluate import (DEFAULT_METHODS, EvalSettings, EvalTables, PlanEntry, default_methods, evaluate_task,
+                       resolve_methods, training_target_mean)
 
 __all__ = ["EvalTables", "EvalSettings", "evaluate_task", "default_methods", "resolve_methods", "DEFAULT_METHODS",
-           "PlanEntry", "training_target_mean", "csv_text"]
+           "PlanEntry", "training_target_mean"]

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputTypeError, MissingFileError
+from ..errors import ConfigError, InputTypeError, MissingFileError, SOPError
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -46,12 +46,10 @@ from .plan import DEFAULT_METHODS, PlanEntry, build_plan, default_methods, optio
 from .passes import channels_last
 from .runner import Batch, BatchResult, EvalSettings, evaluate_batch
 from .shards import ShardStore, weights_hash
-from .tables import EvalTables, build_tables, csv_text, merge_values, write_tables
-
-_csv = csv_text  # the name sumofparts.analysis imports
+from .tables import EvalTables, build_tables, merge_values, write_tables
 
 __all__ = ["EvalTables", "EvalSettings", "evaluate_task", "default_methods", "resolve_methods", "DEFAULT_METHODS",
-           "PlanEntry", "training_target_mean", "csv_text"]
+           "PlanEntry", "training_target_mean"]
 
 
 def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None, size: str, seed: int,
@@ -65,7 +63,9 @@ def _load(task: str | tuple[SumOfParts, TaskData], checkpoint: str | Path | None
     if not isinstance(task, str):
         raise InputTypeError(f"expected task as a name or a (SumOfParts, TaskData) pair, got {type(task).__name__}")
     spec = get_task(task)
-    ckpt = Path(checkpoint) if checkpoint is not None else Path("sop-runs") / task / "sop" / "best"
+    from ..cli.paths import best_checkpoint
+
+    ckpt = Path(checkpoint) if checkpoint is not None else best_checkpoint(task)
     if not ckpt.is_dir():
         raise MissingFileError(f"no SOP checkpoint at {ckpt}: train one first with `sop run {task}` "
                                 "(or pass --checkpoint DIR)")
@@ -107,32 +107,35 @@ def _barrier(dist) -> None:
         dist.barrier()
 
 
-def _bagnet_options(names: list[str], options: dict[str, dict[str, Any]], sop: SumOfParts, data: TaskData,
-                    store: ShardStore | None, seed: int, progress: bool, dist, rank: int) -> None:
-    """Give BagNet a trained model: trained once (by rank 0) and kept with the shards for resuming."""
-    if "bagnet" not in names or "model" in options.get("bagnet", {}):
-        return
-    from ..attribution import BagNetModel, get_method
+def _own_model_options(names: list[str], options: dict[str, dict[str, Any]], sop: SumOfParts, data: TaskData,
+                       store: ShardStore | None, seed: int, progress: bool, dist, rank: int) -> None:
+    """Give each method that trains a model of its own (``trains_own_model``, e.g. BagNet) that model:
+    trained once (by rank 0) on the training split, kept with the shards for resuming, and passed to
+    the method as ``model=`` (its training options left out)."""
+    from ..attribution import get_method, method_class
 
-    opts = {k: v for k, v in options.get("bagnet", {}).items()}
-    path = store.directory / "bagnet.safetensors" if store is not None else None
-    if rank == 0 and (path is None or not path.is_file()):
-        try:
-            method = get_method("bagnet", sop.backbone, train_data=data.train, progress=progress,
-                                **{"seed": seed, **opts})
-        except (ValueError, TypeError, NotImplementedError):
+    for name in names:
+        cls = method_class(name)
+        if cls is None or not cls.trains_own_model or "model" in options.get(name, {}):
+            continue
+        opts = dict(options.get(name, {}))
+        kept = {k: v for k, v in opts.items() if k not in cls.training_options}
+        path = store.directory / f"{name}.safetensors" if store is not None else None
+        if rank == 0 and (path is None or not path.is_file()):
+            try:
+                method = get_method(name, sop.backbone, train_data=data.train, progress=progress,
+                                    **{"seed": seed, **opts})
+            except (SOPError, NotImplementedError):
+                _barrier(dist)
+                continue  # the plan reports why the method is skipped
+            if path is not None:
+                method.save_own_model(path)
+            options[name] = {**kept, "model": method.model}
             _barrier(dist)
-            return  # the plan reports why BagNet is skipped
-        if path is not None:
-            method.model.save(path)
-        options["bagnet"] = {**{k: v for k, v in opts.items() if k not in ("steps", "width", "depth")},
-                             "model": method.model}
+            continue
         _barrier(dist)
-        return
-    _barrier(dist)
-    if path is not None and path.is_file():
-        options["bagnet"] = {**{k: v for k, v in opts.items() if k not in ("steps", "width", "depth")},
-                             "model": BagNetModel.load(path)}
+        if path is not None and path.is_file():
+            options[name] = {**kept, "model": cls.load_own_model(path)}
 
 
 def _batch(data: TaskData, index: int, start: int, stop: int, device: torch.device) -> Batch:
@@ -212,7 +215,7 @@ def evaluate_task(task: str | tuple[SumOfParts, TaskData], methods: Sequence[str
         if rank == 0:
             store.prepare(resume)
         _barrier(dist)
-    _bagnet_options(names, options, sop, data, store, seed, progress, dist, rank)
+    _own_model_options(names, options, sop, data, store, seed, progress, dist, rank)
     notes: list[str] = []
     plan = build_plan(names, sop, kind, options, seed, fraction, notes)
 
@@ -294,11 +297,8 @@ def _tables(task_name: str, sop: SumOfParts, data: TaskData, plan: dict[str, Pla
             acc[1] += cpu
     requested = sum(r.dedupe[0] for r in results)
     computed = sum(r.dedupe[1] for r in results)
-    try:
-        import captum
-        captum_version = captum.__version__
-    except ImportError:  # pragma: no cover - captum is a dependency
-        captum_version = None
+    import captum
+
     from .. import __version__
 
     tables.meta = {
@@ -311,7 +311,7 @@ def _tables(task_name: str, sop: SumOfParts, data: TaskData, plan: dict[str, Pla
         "settings": dataclasses.asdict(settings),
         "command": command or " ".join(sys.argv), "checkpoint": str(checkpoint) if checkpoint else None,
         "size": size, "sop_config": {k: v for k, v in sop.config.to_dict().items() if k != "backbone"},
-        "versions": {"sumofparts": __version__, "torch": torch.__version__, "captum": captum_version,
+        "versions": {"sumofparts": __version__, "torch": torch.__version__, "captum": captum.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "world_size": world, "batches_resumed": resumed, "threads": torch.get_num_threads(),
         "seconds_per_item": {k: v[0] / n for k, v in seconds.items()},

@@ -12,8 +12,9 @@ row of the accuracy table and one of the faithfulness table. Roles:
 * ``"grouped"``: a method with groups and a prediction of its own (FRESH, a requested "-f");
 * ``"own"``: a self-attributing model with a predictor of its own (BagNet).
 
-Methods are asked for capabilities, never for a family or a name: ``method.grouped``,
-``method.takes_task``, a model of its own (``method.model`` that is not the backbone).
+Methods are asked for capabilities, never for a family or a name: ``method.grouped``, the options
+they take (``seed``, ``task``: :func:`~sumofparts.attribution.takes_option`), a model of their own
+(``method.model`` that is not the backbone).
 Sampling methods (LIME, KernelSHAP, RISE) get SOP's forward-pass budget, G + 1 per item
 (G group passes and one pass of the generator's encoder copy), unless the caller sets theirs.
 """
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import SOPError
 
 __all__ = ["PlanEntry", "build_plan", "DEFAULT_METHODS", "default_methods", "resolve_methods", "label",
            "SAMPLE_BUDGET_OPTIONS", "sop_budget"]
@@ -81,10 +84,6 @@ class PlanEntry:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _family(adapter) -> str:
-    return "image" if adapter.cell_grid is not None else "text"
-
-
 def _available() -> list[str]:
     from ..attribution import available_methods
 
@@ -92,9 +91,11 @@ def _available() -> list[str]:
 
 
 def default_methods(adapter) -> list[str]:
-    """The default set for the adapter's kind of input (cell grid: image; else text)."""
+    """The default set for the adapter's kind of input (a cell grid: the image list, else the text list);
+    a method the adapter lacks the capabilities for is skipped by the plan with a note saying why."""
     avail = _available()
-    return [m for m in DEFAULT_METHODS[_family(adapter)] if m == "sop" or m in avail]
+    kind = "image" if "cell_grid" in adapter.capabilities else "text"
+    return [m for m in DEFAULT_METHODS[kind] if m == "sop" or m in avail]
 
 
 def resolve_methods(methods, adapter) -> list[str]:
@@ -117,14 +118,6 @@ def sop_budget(sop) -> int:
     return int(sop.config.num_groups) + 1
 
 
-def _make(get_method, name: str, adapter, opts: dict[str, Any], seed: int):
-    """``get_method`` with ``seed=`` added when the method takes one (sampling methods)."""
-    if "seed" not in opts:
-        try:
-            return get_method(name, adapter, **{**opts, "seed": seed})
-        except TypeError:
-            pass
-    return get_method(name, adapter, **opts)
 
 
 def _own_model(method) -> nn.Module | None:
@@ -140,11 +133,10 @@ def build_plan(names: list[str], sop, kind: str, options: dict[str, dict[str, An
                notes: list[str]) -> dict[str, PlanEntry]:
     """The plan for ``names``: methods built with the task's options, rows and protocols named."""
     adapter = sop.backbone
+    from ..attribution import get_method, takes_option
+
     plan: dict[str, PlanEntry] = {}
     budget = sop_budget(sop)
-    get_method = None
-    if any(n != "sop" for n in names):
-        from ..attribution import get_method
     requested = set(names)
     for name in names:
         if name == "sop":
@@ -159,14 +151,12 @@ def build_plan(names: list[str], sop, kind: str, options: dict[str, dict[str, An
             opts.setdefault(SAMPLE_BUDGET_OPTIONS[base], budget)
         for k, v in SPEED_OPTIONS.get(base, {}).items():
             opts.setdefault(k, v)
+        if takes_option(name, "task"):
+            opts.setdefault("task", kind)
+        extra = {"seed": seed} if takes_option(name, "seed") and "seed" not in opts else {}
         try:
-            from ..attribution import POST_HOC_METHODS, SELF_ATTRIBUTING_METHODS
-
-            cls = POST_HOC_METHODS.get(base) or SELF_ATTRIBUTING_METHODS.get(base)
-            if cls is not None and getattr(cls, "takes_task", False):
-                opts.setdefault("task", kind)
-            method = _make(get_method, name, adapter, opts, seed)
-        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            method = get_method(name, adapter, **opts, **extra)
+        except (SOPError, NotImplementedError) as exc:  # an unknown name or option, a missing capability
             notes.append(f"{name}: skipped: {exc}")
             continue
         if getattr(method, "grouped", False):

@@ -8,8 +8,6 @@ evaluated and the counts say how many of them each number rests on.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +17,11 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from ..formats import csv_text
 from ..io import atomic_write_json, atomic_write_text
 from .plan import PlanEntry
 
-__all__ = ["EvalTables", "build_tables", "merge_values", "csv_text", "write_tables"]
+__all__ = ["EvalTables", "build_tables", "merge_values", "write_tables"]
 
 
 @dataclass
@@ -150,17 +149,6 @@ def _md_table(rows: list[dict[str, Any]], cols: list[tuple[str, str | None, str]
             cells.append(text)
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *body])
-
-
-def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """``rows`` (dicts) as CSV text with the given ``columns``; None and NaN as empty cells."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({c: ("" if r.get(c) is None or (isinstance(r.get(c), float) and math.isnan(r[c]))
-                             else r.get(c)) for c in columns})
-    return buf.getvalue()
 
 
 def _clean(v: Any) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution.captum_methods import quiet_captum
+from ..attribution.captum import quiet_captum
 from .unet import BACKGROUND
 from ..errors import InputError
 

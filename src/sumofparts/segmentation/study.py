@@ -14,8 +14,6 @@ seeded) is a row of its own. Files (each written atomically): ``segmentation.md`
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import platform
 import time
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..formats import csv_text
 from ..io import atomic_write_json, atomic_write_text
 from .attribution import (DEFAULT_IG_STEPS, DEFAULT_LAYER, SEGMENT_METHODS, SegmentSum, predicted_segments, random_maps,
                           segment_attributions, segment_shares)
@@ -106,14 +105,6 @@ def _rows(shares: dict[str, Any]) -> list[dict[str, Any]]:
                      "positive_inside": pos, "positive_inside_std": pos_std, "area": float(np.mean(s.area)),
                      "concentration": conc, "concentration_std": conc_std, "n": int(len(s.inside))})
     return rows
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def run_segmentation(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -219,7 +210,7 @@ def _write(result: SegmentationResult, out: Path, images: torch.Tensor, segments
 
     paths = {"markdown": out / "segmentation.md", "csv": out / "segmentation.csv",
              "json": out / "segmentation.json"}
-    atomic_write_text(paths["csv"], _csv(result.rows))
+    atomic_write_text(paths["csv"], csv_text(result.rows, COLUMNS))
     if n_figures:
         k = min(n_figures, images.shape[0])
         fig = maps_figure(images[:k], segments[:k], classes[:k], {m: v[:k] for m, v in maps.items() if m != "random"},

@@ -146,9 +146,6 @@ def register_task(cls):
 
 
 def available_tasks() -> list[str]:
-    from . import _load_builtin_tasks  # noqa: F401  (populates the registry)
-
-    _load_builtin_tasks()
     return sorted(_REGISTRY)
 
 

@@ -1,163 +1,28 @@
-"""Post-hoc attributions through Captum, behind the project's interface.
+"""Gradient methods through Captum: Saliency, SmoothGrad, Gradient×Input, Integrated Gradients,
+DeepLIFT, Guided Backprop, Deconvolution, Grad-CAM, Guided Grad-CAM and LRP.
 
-Each class wraps one Captum method; ``attribute`` returns what Captum returns for the
-same arguments (see ``tests/attribution/test_captum_equivalence.py``), reshaped only
-where the interface asks (text: one score per token).
-
-What the model is, by the adapter's capabilities (never its family):
-
-* **tensor inputs** (images ``(B, C, H, W)``, feature vectors ``(B, d)``): the forward is
-  ``adapter.forward`` (logits ``(B, C)``) on the input tensor; the baseline is 0 (the
-  "zero occlusion" SOP uses after normalisation, the theory's empty input).
-* **token inputs** (capability ``token_input``): gradient methods attribute with respect to
-  the **input embeddings** (the word embeddings, before position / token-type embeddings
-  are added): the forward is ``adapter.embedding_forward()``, with the adapter's extra
-  arguments (attention mask, token types) bound through Captum's
-  ``additional_forward_args``; the baseline is ``adapter.input_embeddings(x).baseline``
-  (for BERT: the ``[MASK]`` embedding at every real token, special tokens and padding
-  keeping their own, exactly what ``adapter.mask_inputs`` does outside a group).
-  Per-token scores are the attributions summed over the embedding dimension.
-* **perturbation methods** (Feature Ablation, Shapley Value Sampling, KernelSHAP, LIME)
-  use the cells as features: ``feature_mask = adapter.cell_index_map(inputs)`` (a patch,
-  a feature-map cell or a token; for text the token's whole embedding vector). Captum
-  repeats a feature's score on every element of the feature; ``attribute`` keeps that
-  (images ``(B, C, H, W)``; text: one value per token) and ``attribute_cells`` returns
-  each cell's score once.
-
-Sampling methods draw from torch's global generator; every call runs under
-``seed`` (default 0) with the global RNG state restored afterwards.
+How each sees the model (tensor or token inputs) is :class:`~sumofparts.attribution.captum.CaptumMethod`'s
+rule; each class here names its Captum class and its defaults.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import warnings
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..adapters.base import BackboneAdapter, Inputs
-from ..ops import seeded
-from .base import AttributionMethod
+from ..adapters.base import Inputs
 from ..errors import InputTypeError
+from .captum import CaptumMethod, _captum, quiet_captum
 
-__all__ = [
-    "CaptumMethod", "Saliency", "SmoothGrad", "GradientXInput",
-    "IntegratedGradients", "DeepLift", "GuidedBackprop", "Deconvolution", "GradCAM", "GuidedGradCAM", "LRP",
-    "FeatureAblation", "Occlusion", "ShapleyValueSampling", "KernelSHAP", "LIME", "CAPTUM_METHODS",
-    "DEFAULT_SAMPLE_BUDGET",
-]
-
-#: SOP's number of groups on ImageNet: the budget the paper gives the sampling methods.
-DEFAULT_SAMPLE_BUDGET = 20
-
-
-# ---------------------------------------------------------------------------------------------
-# the common wrapper
-# ---------------------------------------------------------------------------------------------
-class CaptumMethod(AttributionMethod):
-    """A Captum attribution method behind :class:`AttributionMethod`.
-
-    Subclasses name the Captum class (``captum_class``), the ``attribute`` keyword
-    arguments they pass by default (``defaults``) and whether the method takes
-    ``baselines`` and a ``feature_mask``. Options given at construction override the
-    defaults; keyword arguments given to :meth:`attribute` override both for one call.
-    """
-
-    captum_class: Any = None
-    defaults: dict[str, Any] = {}
-    uses_baselines: bool = False
-    uses_feature_mask: bool = False
-    needs_module: bool = False  #: Captum wants an nn.Module (hooks on its layers), not a function
-    sampling: bool = False  #: draws random numbers (runs under ``seed``)
-
-    def __init__(self, adapter: BackboneAdapter, *, seed: int | None = 0, **options: Any):
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise InputTypeError(f"method {self.name!r} got unexpected options {sorted(unknown)}; "
-                            f"expected some of {sorted(self.defaults) + ['seed']}")
-        super().__init__(adapter)
-        self.options = {**self.defaults, **options}
-        self.seed = seed
-
-    # what Captum is given -----------------------------------------------------------------------
-    def forward_module(self) -> nn.Module:
-        """The model Captum sees: the adapter (tensor inputs) or its embedding forward (token inputs)."""
-        return self.adapter.embedding_forward() if self.is_text else self.adapter
-
-    def make_captum(self) -> Any:
-        model = self.forward_module()
-        return self.captum_class(model if self.needs_module else model.forward)
-
-    def captum_inputs(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The tensor Captum attributes to and the ``attribute`` keyword arguments it needs."""
-        kwargs: dict[str, Any] = {}
-        if self.is_text:
-            x, baseline, extra = self.adapter.input_embeddings(inputs)
-            kwargs["additional_forward_args"] = extra
-        else:
-            x, baseline = inputs, torch.zeros_like(inputs)
-        if self.uses_baselines:
-            kwargs["baselines"] = baseline
-        if self.uses_feature_mask:
-            kwargs["feature_mask"] = self.feature_mask(inputs, x)
-        return x, kwargs
-
-    def feature_mask(self, inputs: Inputs, x: torch.Tensor) -> torch.Tensor:
-        """Cells as features, shaped ``(1, *x.shape[1:])``."""
-        ids = self.adapter.cell_index_map(inputs).to(x.device)
-        if self.is_text:  # (L,) -> (1, L, D): a token's whole embedding is one feature
-            return ids.view(1, -1, 1).expand(1, x.shape[1], x.shape[2]).contiguous()
-        return ids.unsqueeze(0)
-
-    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
-        return {**self.options, **kwargs}
-
-    def _attribute(self, inputs: Inputs, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        x, base_kwargs = self.captum_inputs(inputs)
-        call = {**base_kwargs, **self.call_kwargs(kwargs, x)}
-        method = self.make_captum()
-        with seeded(self.seed if self.sampling else None), quiet_captum():
-            attr = method.attribute(x, target=target, **call)
-        return self.reduce(attr.detach())
-
-    #: text, gradient methods: how the (B, L, D) attribution becomes (B, L): "sum" over D, or
-    #: "abs_sum" (the L1 norm) for raw-gradient methods, whose plain sum over D is ~0 because
-    #: the LayerNorm after the embeddings removes the gradient's mean over D.
-    text_reduce: str = "sum"
-
-    def reduce(self, attr: torch.Tensor) -> torch.Tensor:
-        """Captum's output -> the interface's shape (text: one score per token)."""
-        if not self.is_text:
-            return attr
-        if self.cell_features:
-            return attr[..., 0]  # a token's score repeated on its D elements: take it once
-        if self.text_reduce == "abs_sum":
-            return attr.abs().sum(-1)
-        return attr.sum(-1)
-
-
-@contextlib.contextmanager
-def quiet_captum() -> Iterator[None]:
-    """Silence Captum's routine notices (inputs made to require grad, hooks set and removed,
-    one LIME/KernelSHAP model per example)."""
-    with warnings.catch_warnings():
-        for message in (".*did not already require gradients.*", ".*Setting backward hooks.*",
-                        ".*Setting forward, backward hooks.*", ".*multiple inputs for Lime.*"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
+__all__ = ["Saliency", "SmoothGrad", "GradientXInput", "IntegratedGradients", "DeepLift", "GuidedBackprop",
+           "Deconvolution", "GradCAM", "GuidedGradCAM", "LRP", "GRADIENT_METHODS"]
 
 
 # ---------------------------------------------------------------------------------------------
 # gradient methods
 # ---------------------------------------------------------------------------------------------
-def _captum():
-    import captum.attr as ca
-
-    return ca
-
-
 class Saliency(CaptumMethod):
     """|∂f_t/∂x| (``abs=True``, Captum's default). One backward pass."""
 
@@ -456,142 +321,7 @@ def _lrp_cleanup(lrp: Any, model: nn.Module, had_rule: set) -> None:
         model.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------------------------------
-# perturbation methods: cells are the features
-# ---------------------------------------------------------------------------------------------
-class FeatureAblation(CaptumMethod):
-    """f_t(x) − f_t(x with cell j set to the baseline), for every cell j. N + 1 forward passes."""
-
-    name = "feature_ablation"
-    not_additive = "single-cell drops f(x) − f(x without cell j) add up to f(x) − f(∅) only without interactions"
-    multiplies_by_inputs = True
-    defaults = {"perturbations_per_eval": 16}
-    uses_baselines = True
-    uses_feature_mask = True
-    cell_features = True
-
-    @property
-    def captum_class(self):
-        return _captum().FeatureAblation
-
-
-class Occlusion(CaptumMethod):
-    """Sliding-window occlusion: each feature gets the mean drop f_t(x) − f_t(x with a window
-    set to the baseline) over the windows covering it.
-
-    Images: a window of one cell, ``(C, ceil(H / h), ceil(W / w))``, moved by
-    ``(H // h, W // w)`` pixels (about N windows: where cells divide the image this is
-    Feature Ablation on the cells; pixels past the last whole window get 0), unless
-    ``sliding_window_shapes`` / ``strides`` are given (e.g. half-cell strides for the
-    classic overlapping occlusion, about 4N passes). Text: windows of ``window_tokens``
-    tokens (default 3) moved by 1 token over the embeddings, baseline ``[MASK]``.
-    """
-
-    name = "occlusion"
-    not_additive = "sliding-window drops add up to f(x) − f(∅) only without interactions"
-    multiplies_by_inputs = True
-    defaults = {"perturbations_per_eval": 16, "sliding_window_shapes": None, "strides": None, "window_tokens": 3}
-    uses_baselines = True
-
-    @property
-    def captum_class(self):
-        return _captum().Occlusion
-
-    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
-        call = {**self.options, **kwargs}
-        tokens = int(call.pop("window_tokens"))
-        if self.is_text:  # (B, L, D) embeddings: windows of tokens, each token's whole vector
-            D = x.shape[-1]
-            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (tokens, D)
-            call["strides"] = call["strides"] or (1, D)
-        elif self.adapter.cell_grid is not None:  # (B, C, H, W): windows of one cell
-            C, H, W = x.shape[1:]
-            gh, gw = self.adapter.cell_grid
-            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (C, math.ceil(H / gh), math.ceil(W / gw))
-            call["strides"] = call["strides"] or (C, max(1, H // gh), max(1, W // gw))
-        else:  # (B, d) features in a sequence: windows of ``window_tokens`` neighbouring features
-            call["sliding_window_shapes"] = call["sliding_window_shapes"] or (tokens,)
-            call["strides"] = call["strides"] or (1,)
-        return call
-
-    def reduce(self, attr: torch.Tensor) -> torch.Tensor:
-        return attr[..., 0] if self.is_text else attr  # windows span the whole embedding
-
-
-class ShapleyValueSampling(CaptumMethod):
-    """Shapley values of the cells estimated from ``n_samples`` random permutations
-    (each costs N + 1 forward passes)."""
-
-    name = "shapley"
-    completeness = "baseline"  # efficiency: Σ φ = f(x) − f(∅) (exact for each sampled permutation)
-    multiplies_by_inputs = True
-    defaults = {"n_samples": 5, "perturbations_per_eval": 16}
-    uses_baselines = True
-    uses_feature_mask = True
-    cell_features = True
-    sampling = True
-
-    @property
-    def captum_class(self):
-        return _captum().ShapleyValueSampling
-
-
-class KernelSHAP(CaptumMethod):
-    """KernelSHAP: a linear model of f_t on ``n_samples`` random cell subsets, weighted by
-    the Shapley kernel. Default budget: 20 samples, SOP's number of groups."""
-
-    name = "kernelshap"
-    completeness = "baseline"  # efficiency: Σ φ ≈ f(x) − f(∅); Captum always samples x and ∅ themselves
-    multiplies_by_inputs = True
-    defaults = {"n_samples": DEFAULT_SAMPLE_BUDGET, "perturbations_per_eval": 16}
-    uses_baselines = True
-    uses_feature_mask = True
-    cell_features = True
-    sampling = True
-
-    @property
-    def captum_class(self):
-        return _captum().KernelShap
-
-
-class LIME(CaptumMethod):
-    """LIME: a linear surrogate of f_t fitted on ``n_samples`` random cell subsets (Bernoulli ½)
-    weighted by an exponential cosine kernel (Captum's ``Lime``). Default budget: 20 samples.
-
-    The surrogate is a ridge regression with α = 1 (``lime``'s own default, ``SkLearnRidge``),
-    not Captum's Lasso with α = 0.01: the ridge solution scales with the output, while a fixed
-    L1 penalty is compared with the output's variations, which on regression targets (changes of
-    ~0.01 in Ω_m) are smaller than 0.01, so the Lasso zeroed every coefficient of 93 of 100 maps.
-    ``interpretable_model`` / ``similarity_func`` / ``perturb_func`` options go to Captum's
-    ``Lime`` constructor (``interpretable_model=SkLearnLasso(alpha=0.01)`` restores Captum's)."""
-
-    name = "lime"
-    completeness = "baseline"  # the surrogate's Σ β = g(1) − g(0), its estimate of f(x) − f(∅)
-    multiplies_by_inputs = True  # β_j is the effect of switching cell j on: the indicator is the perturbation
-    defaults = {"n_samples": DEFAULT_SAMPLE_BUDGET, "perturbations_per_eval": 16, "interpretable_model": None,
-                "similarity_func": None, "perturb_func": None}
-    uses_baselines = True
-    uses_feature_mask = True
-    cell_features = True
-    sampling = True
-    _constructor_keys = ("interpretable_model", "similarity_func", "perturb_func")
-
-    def make_captum(self) -> Any:
-        from captum._utils.models.linear_model import SkLearnRidge
-
-        ctor = {k: self.options[k] for k in self._constructor_keys if self.options[k] is not None}
-        ctor.setdefault("interpretable_model", SkLearnRidge(alpha=1.0))
-        return _captum().Lime(self.forward_module().forward, **ctor)
-
-    def call_kwargs(self, kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
-        call = {**self.options, **kwargs}
-        for k in self._constructor_keys:
-            call.pop(k, None)
-        return call
-
-
-CAPTUM_METHODS: dict[str, type[CaptumMethod]] = {
+GRADIENT_METHODS: dict[str, type[CaptumMethod]] = {
     cls.name: cls for cls in (Saliency, SmoothGrad, GradientXInput, IntegratedGradients, DeepLift, GuidedBackprop,
-                              Deconvolution, GradCAM, GuidedGradCAM, LRP, FeatureAblation, Occlusion,
-                              ShapleyValueSampling, KernelSHAP, LIME)
+                              Deconvolution, GradCAM, GuidedGradCAM, LRP)
 }
