@@ -20,6 +20,7 @@ from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
 from .ops import seeded
 from .tasks import TaskData, default_cache_dir, get_task
+from .tasks.base import train_target_mean
 from .training import TrainConfig, evaluate_model, iterate_batches, train
 
 __all__ = ["build_sop", "run_task", "sop_statistics", "format_table"]
@@ -41,16 +42,6 @@ def build_sop(task_name: str, *, cache_dir: Path | None = None, size: str = "def
     with seeded(seed):  # the generator's initial weights
         sop = SumOfParts(adapter, config)
     return sop, data
-
-
-def train_target_mean(data: TaskData) -> list[float]:
-    """The mean of the training targets, one value per output (regression tasks)."""
-    if data.kind != "regression":
-        raise ConfigError(f"base_value='train_mean' needs a regression task; {data.name!r} is {data.kind}")
-    targets = getattr(data.train, "targets", None)
-    if targets is None:
-        targets = torch.stack([torch.as_tensor(data.train[i][1]) for i in range(len(data.train))])
-    return [float(v) for v in targets.double().mean(0)]
 
 
 @torch.no_grad()

@@ -107,6 +107,31 @@ def test_report_is_self_contained(payload, tmp_path):
         assert needle in text
 
 
+def test_page_inlines_the_asset_files_and_the_package_ships_them(payload):
+    """The style sheet and the script are the files under report/assets, inlined verbatim (after the
+    colour variables), and pyproject's package data names every one of them."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    from sumofparts.report import figures as F
+    from sumofparts.report.html import ASSETS
+
+    text = render_html(payload)
+    style = re.search(r"<style>(.*?)</style>", text, re.S).group(1)
+    assert style.startswith(f":root {{ --agree: {F.AGREE_COLOR}; --disagree: {F.DISAGREE_COLOR}; }}")
+    assert style.endswith((ASSETS / "report.css").read_text(encoding="utf-8"))
+    scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
+    assert scripts == [(ASSETS / "report.js").read_text(encoding="utf-8")]
+    assert "%%" not in style and "#thumbs button.active" in style and "function show(i)" in scripts[0]
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sumofparts"]
+    shipped = sorted(f.name for f in ASSETS.iterdir() if any(fnmatch.fnmatch(f"report/assets/{f.name}", g) for g in globs))
+    assert shipped == sorted(f.name for f in ASSETS.iterdir()) == ["report.css", "report.js"]
+
+
 def test_report_escapes_and_refuses_bad_payload(payload, tmp_path):
     evil = dict(payload, title="</script><script>alert(1)</script>")
     text = render_html(evil)

@@ -389,6 +389,14 @@ class BackboneAdapter(nn.Module):
         ``module(embeddings, *extra) -> logits (B, C)``."""
         raise NotImplementedError(f"{type(self).__name__} has no token inputs (capability 'token_input')")
 
+    def token_ids(self, inputs: Inputs) -> torch.Tensor:
+        """``token_input``: ``(B, L)`` the inputs' token ids (for showing the tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} has no token inputs (capability 'token_input')")
+
+    def shown_cells(self, inputs: Inputs) -> torch.Tensor:
+        """``(B, N)`` bool: the cells a figure shows (all of them; token inputs: not the padding)."""
+        return torch.ones(self.batch_size(inputs), self.num_cells(inputs), dtype=torch.bool, device=self.device)
+
     def cls_attention(self, inputs: Inputs) -> torch.Tensor:
         """``cls_attention``: ``(B, N)``, the last layer's attention from the CLS token to each cell,
         averaged over heads."""

@@ -272,6 +272,14 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             baseline = torch.where(valid.unsqueeze(-1), fill.expand_as(embeds), embeds)
         return EmbeddedInputs(embeds, baseline, (inputs.get("attention_mask"), inputs.get("token_type_ids")))
 
+    def token_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return inputs["input_ids"]
+
+    def shown_cells(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The real tokens, special ones included (padding left out)."""
+        ids = inputs["input_ids"]
+        return inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
+
     def embedding_forward(self) -> nn.Module:
         """``module(inputs_embeds, attention_mask=None, token_type_ids=None) -> logits (B, C)``."""
         return _EmbeddingForward(self)

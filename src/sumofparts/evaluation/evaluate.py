@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from ..io import content_hash
 from ..model import SumOfParts
 from ..tasks import TaskData, default_cache_dir, get_task
+from ..tasks.base import train_target_mean
 from .plan import DEFAULT_METHODS, PlanEntry, build_plan, default_methods, options_for_json, resolve_methods, sop_budget
 from .passes import channels_last
 from .runner import Batch, BatchResult, EvalSettings, evaluate_batch
@@ -78,10 +79,7 @@ def training_target_mean(data: TaskData) -> np.ndarray | None:
     """``(T,)``: the mean of the training targets (regression), the reference predictor of the tables."""
     if data.kind != "regression":
         return None
-    targets = getattr(data.train, "targets", None)
-    if not isinstance(targets, torch.Tensor):
-        targets = torch.stack([torch.as_tensor(data.train[i][1]).reshape(-1) for i in range(len(data.train))])
-    return targets.to(torch.float64).reshape(len(data.train), -1).mean(0).numpy()
+    return np.asarray(train_target_mean(data), dtype=np.float64)
 
 
 def _jsonable(v: Any) -> Any:

@@ -35,7 +35,7 @@ class SOPOutput:
     ((H, W) for images, (L,) for tokens).
 
     Attributes:
-        logits: ``(B, C)``, the model's prediction, ``Σ_i w_i ⊙ c_i ⊙ y_i``.
+        logits: ``(B, C)``, the model's prediction, ``b + Σ_i w_i ⊙ c_i ⊙ (y_i − b)``.
         group_logits: ``(B, G, C)``, y_i, the frozen backbone's output on group i alone.
         group_weights: ``(B, G, C)``, w_i, sparsemax over groups for each output.
         masks: ``(B, G, N)`` bool, the groups on the cells.
@@ -54,7 +54,7 @@ class SOPOutput:
     input_masks: torch.Tensor
     scale: torch.Tensor
     base_value: torch.Tensor
-    task: str = "classification"
+    task: str
 
     @property
     def group_attributions(self) -> torch.Tensor:
@@ -122,5 +122,5 @@ class GroupedExplanation(SOPOutput):
         attributions: ``(B, *S)`` per-pixel (or per-token) attribution for ``target``.
     """
 
-    target: torch.Tensor | None = None
-    attributions: torch.Tensor | None = None
+    target: torch.Tensor
+    attributions: torch.Tensor

@@ -178,10 +178,8 @@ class SumOfParts(nn.Module):
         finally:
             self.train(was_training)
         t = out._targets(target)
-        expl = GroupedExplanation(**{f.name: getattr(out, f.name) for f in dataclasses.fields(SOPOutput)},
-                                  target=t, attributions=None)
-        expl.attributions = expl.attribution_map(t)
-        return expl
+        return GroupedExplanation(**{f.name: getattr(out, f.name) for f in dataclasses.fields(SOPOutput)},
+                                  target=t, attributions=out.attribution_map(t))
 
     @torch.no_grad()
     def backbone_predict(self, inputs: Any) -> torch.Tensor:

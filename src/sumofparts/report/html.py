@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from torch.utils.data import default_collate
 
 from ..io import atomic_write_text
 from . import figures as F
@@ -262,12 +263,9 @@ def collect_payload(sop, data, *, n_examples: int = 8,
     if n < 1:
         raise InputError("the task's test split is empty")
     items = [data.test[i] for i in range(n)]
-    first = items[0][0]
-    text = isinstance(first, Mapping)
-    if text:
-        inputs = {k: torch.stack([it[0][k] for it in items]) for k in first}
-    else:
-        inputs = torch.stack([it[0] for it in items])
+    adapter = sop.backbone
+    text = adapter.token_inputs
+    inputs = default_collate([it[0] for it in items])
     labels = [it[1] for it in items]
     kind = data.kind
     names = list(data.output_names)
@@ -285,7 +283,7 @@ def collect_payload(sop, data, *, n_examples: int = 8,
         try:
             a = fn(inputs, t.clone())
             a = a.detach().cpu().float() if hasattr(a, "detach") else torch.as_tensor(np.asarray(a)).float()
-            want = (n, *inputs["input_ids"].shape[1:]) if text else tuple(inputs.shape)
+            want = (n, adapter.num_cells(inputs)) if text else tuple(inputs.shape)
             if tuple(a.shape) != tuple(want) and not (not text and tuple(a.shape) == (n, *inputs.shape[2:])):
                 raise InputError(f"returned shape {tuple(a.shape)}, expected {tuple(want)}")
             method_maps[str(name)] = a
@@ -319,8 +317,8 @@ def collect_payload(sop, data, *, n_examples: int = 8,
                               "groups_figure": None, "attribution": None, "methods": {},
                               "method_errors": dict(method_errors)}
         if text:
-            valid = inputs["attention_mask"][b].bool()
-            ids = inputs["input_ids"][b][valid].tolist()
+            valid = adapter.shown_cells(inputs)[b].cpu()
+            ids = adapter.token_ids(inputs)[b].cpu()[valid].tolist()
             toks = _token_strings(data, ids)
             ex["tokens"] = toks
             texts = getattr(data.test, "texts", None)
@@ -401,9 +399,9 @@ def save_example_figures(sop, data, out_dir: str | Path, *, n_examples: int = 8,
     out_dir = Path(out_dir)
     n = min(int(n_examples), len(data.test))
     items = [data.test[i] for i in range(n)]
-    text = isinstance(items[0][0], Mapping)
-    inputs = ({k: torch.stack([it[0][k] for it in items]) for k in items[0][0]} if text
-              else torch.stack([it[0] for it in items]))
+    adapter = sop.backbone
+    text = adapter.token_inputs
+    inputs = default_collate([it[0] for it in items])
     kind, names = data.kind, list(data.output_names)
     if kind == "regression" and target is None:
         target = 0
@@ -429,8 +427,8 @@ def save_example_figures(sop, data, out_dir: str | Path, *, n_examples: int = 8,
         common = dict(kind=kind, output_names=names, target=tb, scales=expl.scale[b])
         w = expl.group_weights[b, :, tb]
         if text:
-            valid = inputs["attention_mask"][b].bool()
-            toks = _token_strings(data, inputs["input_ids"][b][valid].tolist())
+            valid = adapter.shown_cells(inputs)[b].cpu()
+            toks = _token_strings(data, adapter.token_ids(inputs)[b].cpu()[valid].tolist())
             save(F.text_groups_figure(toks, expl.input_masks[b][:, valid], w, gpred, final, **common),
                  f"example{b}_groups")
             save(F.text_attribution_figure(toks, expl.attributions[b][valid], target_name=tname),
@@ -472,13 +470,11 @@ def _token_map(scores) -> dict:
 
 
 def _cmap(data) -> str:
-    return "viridis" if data.name == "cosmology" else "gray"
+    return data.display.get("cmap", "gray")
 
 
 def _value_label(data) -> str:
-    if data.name == "cosmology":
-        return "convergence κ / 0.01 (0 = mean density)"
-    return "input value (normalised)"
+    return data.display.get("value_label", "input value (normalised)")
 
 
 def _description(name: str) -> str:
@@ -491,164 +487,13 @@ def _description(name: str) -> str:
 
 
 # -- rendering --------------------------------------------------------------------------------
-_CSS = """
-:root { --agree: %(agree)s; --disagree: %(disagree)s; --ink: #222; --muted: #666; --line: #ddd; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); margin: 0;
-       padding: 1rem 2rem 3rem; max-width: 1200px; margin: auto; line-height: 1.4; }
-h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid var(--line); padding-bottom: .2rem; margin-top: 2rem; }
-.muted { color: var(--muted); font-size: .9rem; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: .85rem; }
-th, td { border: 1px solid var(--line); padding: .25rem .5rem; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f4f4f4; }
-#thumbs { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0 1rem; }
-#thumbs button { border: 2px solid var(--line); background: #fff; padding: 2px; cursor: pointer; border-radius: 4px;
-                 font-size: .75rem; max-width: 12rem; text-align: left; }
-#thumbs button.active { border-color: var(--agree); box-shadow: 0 0 0 2px rgba(31,95,168,.25); }
-#thumbs img { display: block; width: 72px; height: 72px; image-rendering: pixelated; }
-.row { display: flex; flex-wrap: wrap; gap: .75rem; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: .4rem; width: 190px; font-size: .8rem; }
-.card img { width: 176px; height: 176px; image-rendering: pixelated; display: block; }
-.card .agree { color: var(--agree); font-weight: 600; } .card .disagree { color: var(--disagree); font-weight: 600; }
-.card.text { width: 100%%; }
-.tok { display: inline-block; margin: 1px; padding: 0 3px; border: 1px solid #ccc; border-radius: 3px;
-       font-family: ui-monospace, monospace; font-size: .8rem; color: #999; }
-.tok.in { background: #fdd835; color: #000; }
-figure { margin: .5rem 0; } figure img { max-width: 100%%; } figcaption { font-size: .85rem; color: var(--muted); }
-.legend { margin: .3rem 0 1rem; font-size: .8rem; }
-.legend > span { display: inline-block; vertical-align: middle; margin-right: .4rem; }
-.legend .bar { width: 180px; height: 12px; border: 1px solid #aaa;
-               background: linear-gradient(to right, rgb(33,102,172), rgb(255,255,255), rgb(178,24,43)); }
-figure.map { width: 150px; font-size: .75rem; } figure.map img { width: 144px; height: 144px; image-rendering: pixelated; }
-figure.map.text { width: 100%%; }
-.tok.heat { color: #000; }
-.errors { color: var(--disagree); font-size: .85rem; }
-"""
+#: the page's style sheet and script, shipped as files of the package and inlined into every page
+#: (so that the report is one self-contained file)
+ASSETS = Path(__file__).resolve().parent / "assets"
 
-_JS = r"""
-(function () {
-  var data = JSON.parse(document.getElementById('sop-data').textContent);
-  var ex = data.examples || [];
-  function el(tag, attrs, text) {
-    var e = document.createElement(tag);
-    if (attrs) { for (var k in attrs) { if (k === 'class') e.className = attrs[k]; else e.setAttribute(k, attrs[k]); } }
-    if (text !== undefined && text !== null) e.textContent = text;
-    return e;
-  }
-  function fmt(v) {
-    if (v === null || v === undefined) return 'N/A';
-    if (typeof v !== 'number') return String(v);
-    if (v === 0) return '0';
-    return Math.abs(v) >= 1e-3 ? Number(v.toPrecision(4)).toString() : v.toExponential(2);
-  }
-  function card(e, g) {
-    var c = el('div', {'class': 'card' + (e.tokens ? ' text' : ''), 'data-group': String(g.index)});
-    if (g.image) c.appendChild(el('img', {src: g.image, alt: 'group ' + g.index + ' of example ' + e.id}));
-    if (e.tokens && g.tokens_in) {
-      var p = el('div');
-      for (var i = 0; i < e.tokens.length; i++) p.appendChild(el('span', {'class': 'tok' + (g.tokens_in[i] ? ' in' : '')}, e.tokens[i]));
-      c.appendChild(p);
-    }
-    c.appendChild(el('div', null, 'group ' + g.index + ' · weight ' + fmt(g.weight) + ' · c ' + fmt(g.scale)));
-    c.appendChild(el('div', null, 'w·c·y = ' + fmt(g.attribution) + ' · ' + g.n_cells + ' cells'));
-    var cls = g.agrees === null ? '' : (g.agrees ? 'agree' : 'disagree');
-    var verdict = g.agrees === null ? '' : (g.agrees ? ' (agrees with the final prediction)' : ' (final: ' + e.prediction + ')');
-    c.appendChild(el('div', {'class': cls}, 'predicts: ' + g.predicted + verdict));
-    return c;
-  }
-  function heat(v) {  // v in [-1, 1] -> the RdBu_r-like colour used by the PNG maps
-    var t = Math.max(-1, Math.min(1, v)), r, g, b;
-    if (t >= 0) { r = 255 - (255 - 178) * t; g = 255 - (255 - 24) * t; b = 255 - (255 - 43) * t; }
-    else { t = -t; r = 255 - (255 - 33) * t; g = 255 - (255 - 102) * t; b = 255 - (255 - 172) * t; }
-    return 'rgb(' + Math.round(r) + ',' + Math.round(g) + ',' + Math.round(b) + ')';
-  }
-  function mapFigure(e, title, m) {
-    var f = el('figure', {'class': m.scores ? 'map text' : 'map', 'data-method': title});
-    if (m.image) f.appendChild(el('img', {src: m.image, alt: title + ' map of example ' + e.id}));
-    if (m.scores && e.tokens) {
-      var p = el('div');
-      for (var i = 0; i < e.tokens.length; i++) {
-        var v = m.peak > 0 ? m.scores[i] / m.peak : 0;
-        var s = el('span', {'class': 'tok heat', title: fmt(m.scores[i])}, e.tokens[i]);
-        s.style.background = heat(v); s.style.color = Math.abs(v) > 0.7 ? '#fff' : '#000';
-        p.appendChild(s);
-      }
-      f.appendChild(p);
-    }
-    f.appendChild(el('figcaption', null, title + ' · max |score| ' + fmt(m.peak)));
-    return f;
-  }
-  function legend(text) {
-    var d = el('div', {'class': 'legend'});
-    d.appendChild(el('span', null, '−max (against)'));
-    d.appendChild(el('span', {'class': 'bar'}));
-    d.appendChild(el('span', null, '+max (for)'));
-    d.appendChild(el('div', {'class': 'muted'}, text + ' Red: supports the explained output; blue: opposes it; white: 0.'));
-    return d;
-  }
-  function show(i) {
-    var e = ex[i]; if (!e) return;
-    var btns = document.querySelectorAll('#thumbs button');
-    for (var b = 0; b < btns.length; b++) btns[b].classList.toggle('active', b === i);
-    var gp = document.getElementById('group-panel');
-    gp.textContent = '';
-    gp.setAttribute('data-example', String(e.id));
-    gp.appendChild(el('h3', null, 'Test item ' + e.id + ': label ' + e.label + '; SOP predicts ' + e.prediction +
-                                  '; groups weighted for ' + e.target));
-    var best = e.groups.filter(function (g) { return !g.zero_weight; });
-    var zero = e.groups.filter(function (g) { return g.zero_weight; });
-    gp.appendChild(el('h4', null, 'Groups with weight, best first (' + best.length + ')'));
-    var r1 = el('div', {'class': 'row best'}); best.forEach(function (g) { r1.appendChild(card(e, g)); }); gp.appendChild(r1);
-    gp.appendChild(el('h4', null, 'Zero-weight groups (' + zero.length + '): the selector ignores them'));
-    var r2 = el('div', {'class': 'row zero'}); zero.forEach(function (g) { r2.appendChild(card(e, g)); }); gp.appendChild(r2);
-    if (e.groups_figure) {
-      var d = el('details'); d.appendChild(el('summary', null, 'static figure of these groups (as saved to PNG/SVG)'));
-      d.appendChild(el('img', {src: e.groups_figure, alt: 'groups figure', style: 'max-width:100%'})); gp.appendChild(d);
-    }
-    var ap = document.getElementById('attribution-panel'); ap.textContent = '';
-    if (e.attribution) {
-      var row = el('div', {'class': 'row maps'});
-      row.appendChild(mapFigure(e, 'SOP (Σ over groups containing it of w·c·y; logit units)', e.attribution));
-      ap.appendChild(row);
-      ap.appendChild(legend('SOP attribution to ' + e.target + ' per ' + (e.tokens ? 'token' : 'pixel') +
-                            ': the sum of w·c·y over the groups that contain it.'));
-    }
-    var mp = document.getElementById('methods-panel'); mp.textContent = '';
-    var names = Object.keys(e.methods || {});
-    if (names.length) {
-      var mrow = el('div', {'class': 'row maps'});
-      if (!e.tokens && e.thumbnail) {
-        var f0 = el('figure', {'class': 'map'}); f0.appendChild(el('img', {src: e.thumbnail, alt: 'input'}));
-        f0.appendChild(el('figcaption', null, 'input')); mrow.appendChild(f0);
-      }
-      names.forEach(function (n) { mrow.appendChild(mapFigure(e, n, e.methods[n])); });
-      mp.appendChild(mrow);
-      mp.appendChild(legend('Post-hoc attributions to ' + e.target + ' on the same input; each map in its own units, ' +
-                            'scaled by its own largest |score| (shown as "max").'));
-    } else {
-      mp.appendChild(el('p', {'class': 'muted'}, 'No post-hoc methods in this report.'));
-    }
-    var errs = Object.keys(e.method_errors || {});
-    if (errs.length) {
-      var ul = el('ul', {'class': 'errors'});
-      errs.forEach(function (n) { ul.appendChild(el('li', null, n + ' failed: ' + e.method_errors[n])); });
-      mp.appendChild(ul);
-    }
-  }
-  var strip = document.getElementById('thumbs');
-  ex.forEach(function (e, i) {
-    var b = el('button', {type: 'button', 'data-index': String(i), title: 'test item ' + e.id + ' (label ' + e.label + ')'});
-    if (e.thumbnail) b.appendChild(el('img', {src: e.thumbnail, alt: 'test item ' + e.id}));
-    else b.appendChild(el('span', null, e.snippet || ('item ' + e.id)));
-    b.appendChild(el('div', null, '#' + e.id + ': ' + e.prediction));
-    b.addEventListener('click', function () { show(i); });
-    strip.appendChild(b);
-  });
-  if (ex.length) show(0);
-})();
-"""
+
+def _asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8")
 
 
 def _kv(d: Mapping[str, Any]) -> str:
@@ -723,12 +568,12 @@ def render_html(payload: Mapping[str, Any]) -> str:
                  (f'; command: <code>{esc(str(gen["command"]))}</code>' if gen.get("command") else "") + ".</p>")
     blob = json.dumps(_clean({k: v for k, v in payload.items() if k != "analysis"}),  # drawn above, not by JS
                       ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
-    css = _CSS % {"agree": F.AGREE_COLOR, "disagree": F.DISAGREE_COLOR}
+    css = (f":root {{ --agree: {F.AGREE_COLOR}; --disagree: {F.DISAGREE_COLOR}; }}\n" + _asset("report.css"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(payload.get('title') or 'Sum-of-Parts report')}</title><style>{css}</style></head><body>"
             + "\n".join(parts)
-            + f'\n<script type="application/json" id="sop-data">{blob}</script>\n<script>{_JS}</script>\n'
+            + f'\n<script type="application/json" id="sop-data">{blob}</script>\n<script>{_asset("report.js")}</script>\n'
             "</body></html>\n")
 
 

@@ -39,6 +39,8 @@ class TaskData:
         test_foreground: ``(n_test, H, W)`` bool ground-truth foreground of the test
             items at input resolution, or ``None`` when the task has none.
         meta: anything else worth recording (sizes, seeds, normalisation, hashes).
+        display: how figures show an input: ``cmap`` (matplotlib colour map of an image's values,
+            default ``"gray"``) and ``value_label`` (what its values are).
     """
 
     name: str
@@ -49,10 +51,22 @@ class TaskData:
     output_names: list[str]
     test_foreground: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    display: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
         return len(self.output_names)
+
+
+def train_target_mean(data: TaskData) -> list[float]:
+    """The mean of the training targets, one value per output (regression tasks): the base value
+    ``base_value="train_mean"`` asks for, and the reference predictor of the result tables."""
+    if data.kind != "regression":
+        raise ConfigError(f"a training-target mean needs a regression task; {data.name!r} is {data.kind}")
+    targets = getattr(data.train, "targets", None)
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.stack([torch.as_tensor(data.train[i][1]).reshape(-1) for i in range(len(data.train))])
+    return [float(v) for v in targets.to(torch.float64).reshape(len(data.train), -1).mean(0)]
 
 
 class Task:

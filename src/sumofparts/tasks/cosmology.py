@@ -567,7 +567,8 @@ class CosmologyTask(Task):
             "lambda": arrays["lambda"].tolist(),
         }
         return TaskData(name=self.name, kind="regression", train=train, val=val, test=test,
-                        output_names=list(OUTPUT_NAMES), test_foreground=None, meta=meta)
+                        output_names=list(OUTPUT_NAMES), test_foreground=None, meta=meta,
+                        display={"cmap": "viridis", "value_label": "convergence κ / 0.01 (0 = mean density)"})
 
     # ------------------------------------------------------------------ backbone
     def load_backbone(self, data: TaskData, cache_dir: Path, *, backbone: str | None = None,
