@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sumofparts.model.generator import (binarise_top_tau, candidate_queries, group_scale, lattice_cells,
-                                        sample_candidates)
+from sumofparts.model.generator import (GroupGenerator, binarise_top_tau, candidate_queries, group_scale,
+                                        lattice_cells, sample_candidates)
 
 
 def test_paper_candidates_are_evenly_spaced_in_head_then_query_order():
@@ -86,3 +86,73 @@ def test_the_scale_is_twice_the_kept_mass_minus_one_and_carries_the_gradient():
     assert c.item() == pytest.approx(0.2)
     c.sum().backward()
     assert probs.grad.tolist() == [[[2.0, 0.0, 0.0]]]
+
+
+def _generator(dim: int = 4, heads: int = 2, scale: float = 1.5, **kw) -> GroupGenerator:
+    torch.manual_seed(0)
+    return GroupGenerator(torch.nn.Identity(), dim=dim, num_heads=heads, attn_dim=dim, scale=scale, **kw)
+
+
+def _reference_attention(gen: GroupGenerator, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``softmax_valid keys(s_g · (h W_q^k + b_q^k)(h W_k^k)^T)`` per head, written out: ``(B, K, N, N)``."""
+    h = gen.norm(h)
+    A = gen.attn_dim
+    out = []
+    for k in range(gen.num_heads):
+        wq, bq = gen.query.weight[k * A:(k + 1) * A], gen.query.bias[k * A:(k + 1) * A]
+        wk = gen.key.weight[k * A:(k + 1) * A]
+        logits = gen.scale * (h @ wq.T + bq) @ (h @ wk.T).transpose(-1, -2)  # (B, N, N)
+        logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+        out.append(torch.softmax(logits, -1))
+    return torch.stack(out, 1)
+
+
+def test_generator_attention_is_the_scaled_dot_product_over_valid_keys_only():
+    """Each query row is a distribution over the valid cells: invalid keys get exactly 0, and the
+    logits are s_g · q·k (no 1/sqrt(d))."""
+    gen = _generator()
+    h = torch.randn(2, 5, 4)
+    valid = torch.tensor([[True, True, False, True, True], [False, True, True, True, False]])
+    with torch.no_grad():
+        attn = gen(h, valid)
+        ref = _reference_attention(gen, h, valid)
+    assert attn.shape == (2, 2, 5, 5)
+    assert torch.allclose(attn, ref, atol=1e-6)
+    assert (attn.masked_select(~valid[:, None, None, :].expand_as(attn)) == 0).all()
+    assert torch.allclose(attn.sum(-1), torch.ones(2, 2, 5), atol=1e-6)
+
+
+def test_generator_heads_argument_selects_those_heads_only():
+    """Sequential training asks for one head: its maps are that head's maps of the full forward."""
+    gen = _generator(heads=3)
+    h = torch.randn(2, 6, 4)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        every = gen(h, valid)
+        for k in range(3):
+            assert torch.equal(gen(h, valid, [k]), every[:, k:k + 1])
+    assert not torch.allclose(every[:, 0], every[:, 1])  # the heads differ (identity init + noise)
+
+
+def test_identity_init_starts_every_head_peaked_on_the_query_cell():
+    """W_q = W_k = I + noise: each cell attends most to itself, so the groups start with c > 0
+    (a uniform attention would give c = 2τ − 1 < 0)."""
+    gen = _generator(dim=8, heads=2, scale=4.0, init_noise=0.1)
+    h = torch.randn(1, 10, 8)
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    with torch.no_grad():
+        attn = gen(h, valid)
+    assert (attn.argmax(-1) == torch.arange(10)).all()
+    _, c = binarise_top_tau(attn.reshape(1, 20, 10), valid, 0.2)
+    assert (c > 0).all()
+
+
+def test_training_heads_take_equal_spans_of_the_steps_in_order():
+    from sumofparts import SOPConfig
+
+    cfg = SOPConfig(num_heads=3, sequential_heads=True)
+    assert [cfg.training_head(s, 9) for s in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [cfg.training_head(s, 7) for s in range(7)] == [0, 0, 0, 1, 1, 2, 2]  # ⌊s·3/7⌋
+    assert [cfg.training_head(s, 2) for s in range(2)] == [0, 1]  # fewer steps than heads: head 2 never trained
+    assert cfg.training_head(9, 9) == 2  # never past K − 1
+    assert SOPConfig(num_heads=3, sequential_heads=False).training_head(5, 9) is None

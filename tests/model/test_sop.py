@@ -160,6 +160,39 @@ def test_sequential_heads_use_one_head_and_evaluation_all():
         sop(x, head=3)
 
 
+def test_a_head_argument_makes_the_groups_from_that_heads_candidates_only():
+    """``sop(x, head=k)`` (sequential training) keeps G candidates of head k alone, evenly spaced over
+    its N query cells; ``head=None`` spreads them over all K heads."""
+    from sumofparts.model.generator import binarise_top_tau, sample_candidates
+
+    sop, x = make("vit", num_heads=3, num_groups=6, generator_scale=2.0)
+    valid = sop.backbone.valid_cells(x)
+    with torch.no_grad():
+        attn = sop.generator(x, valid)  # (B, 3, N, N)
+        for k in range(3):
+            out = sop(x, head=k)
+            masks, c = binarise_top_tau(sample_candidates(attn[:, k:k + 1], valid, 6), valid, sop.config.tau)
+            assert torch.equal(out.masks, masks) and torch.allclose(out.scale, c, atol=1e-6)
+        every = sop(x)
+        masks, c = binarise_top_tau(sample_candidates(attn, valid, 6), valid, sop.config.tau)
+        assert torch.equal(every.masks, masks) and torch.allclose(every.scale, c, atol=1e-6)
+    assert not torch.equal(sop(x, head=0).masks, sop(x, head=1).masks)
+
+
+def test_regression_prediction_is_the_base_plus_the_weighted_shrunk_group_outputs():
+    """``logits = b + Σ_i w_i c_i (y_i − b)``, written out from the output's fields, and the group
+    attributions add up to the prediction from b."""
+    torch.manual_seed(3)
+    sop, x = make("cnn", task="regression", base_value=[0.7, -0.2, 1.5, 0.0], generator_scale=1.0)
+    out = sop(x)
+    b = torch.tensor([0.7, -0.2, 1.5, 0.0])
+    manual = b + torch.einsum("bgc,bg,bgc->bc", out.group_weights, out.scale, out.group_logits - b)
+    assert torch.allclose(out.logits, manual, atol=1e-5)
+    assert torch.allclose(out.logits, out.base_value + out.group_attributions.sum(1), atol=1e-5)
+    expl = sop.explain(x, target=2)
+    assert torch.allclose(expl.group_attributions[:, :, 2].sum(1), expl.logits[:, 2] - 1.5, atol=1e-5)
+
+
 def test_config_round_trips_and_rejects_unknown_keys():
     cfg = SOPConfig(num_groups=7, tau=0.3)
     assert SOPConfig.from_dict(cfg.to_dict()) == cfg

@@ -72,7 +72,7 @@ class SOPConfig:
         blur_sigma: standard deviation of that blur, in cells.
         selector_scale: s_s, the fixed scale of the selector's attention scores.
         task: "classification" (logits, cross-entropy) or "regression" (one output per target, MSE).
-        sequential_heads: train the heads one after another (head = step // (steps / K)) as the
+        sequential_heads: train the heads one after another (:meth:`training_head`) as the
             authors do; all heads' candidates are used at evaluation either way.
         candidate_queries: which G of the K·N (head, query cell) candidates become the groups:
             ``"paper"`` (evenly spaced in (head, query) order, the authors' rule) or ``"spread"``
@@ -158,6 +158,14 @@ class SOPConfig:
             raise ConfigError(f"{where}unknown SOPConfig keys {unknown}; expected some of {sorted(SOP_CONFIG_FIELDS)}")
         values = check_fields(data, SOP_CONFIG_FIELDS, where=where, require=True)
         return cls(**values)
+
+    def training_head(self, step: int, steps: int) -> int | None:
+        """The generator head trained at ``step`` of ``steps``: ``min(K − 1, ⌊step·K / steps⌋)``
+        with sequential heads (head k for the k-th of K equal spans of the steps), else ``None``
+        (every head's candidates, as at evaluation)."""
+        if not self.sequential_heads:
+            return None
+        return min(self.num_heads - 1, step * self.num_heads // steps)
 
     def replace(self, **changes: Any) -> "SOPConfig":
         return self.from_dict({**self.to_dict(), **changes})

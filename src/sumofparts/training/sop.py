@@ -369,7 +369,6 @@ def _train_locked(sop: SumOfParts, train_data: Dataset, val_data: Dataset, cfg: 
         net = nn.parallel.DistributedDataParallel(
             sop, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     local = slice(rank * (cfg.batch_size // world), (rank + 1) * (cfg.batch_size // world))
-    K = sop.config.num_heads
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train SOP", disable=not progress, dynamic_ncols=True)
     step = start_step
     running = None
@@ -383,7 +382,7 @@ def _train_locked(sop: SumOfParts, train_data: Dataset, val_data: Dataset, cfg: 
             if distributed:
                 x, y = sop.backbone.select(x, local), y[local]
             x, y = _to(x, device), _to(y, device)
-            head = min(K - 1, step * K // cfg.steps) if sop.config.sequential_heads else None
+            head = sop.config.training_head(step, cfg.steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = net(x, head=head, validate=step == start_step)
                 if step == start_step:
