@@ -65,8 +65,8 @@ def main() -> int:
                   if k.endswith(".step")}
         ok = counts == {step}
         torn += not ok
-        print(f"run {i}: SIGINT {delay:.1f} s after the first checkpoint, exit {proc.returncode}; trainer step {step}, optimiser steps "
-              f"{sorted(counts)}: {'consistent' if ok else 'TORN'}", flush=True)
+        print(f"run {i}: SIGINT {delay:.1f} s after the first checkpoint, exit {proc.returncode}; trainer step {step}, "
+              f"optimiser steps {sorted(counts)}: {'consistent' if ok else 'TORN'}", flush=True)
     proc = subprocess.Popen(base + ["--out", str(out), "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=_default_sigint)
     t0 = time.time()

@@ -182,7 +182,8 @@ def _leftovers(path: Path) -> tuple[list[Path], list[Path]]:
     name = re.escape(path.name)
     tmp_re = re.compile(rf"^\.{name}\.(?:(\d+-[0-9a-f]{{8}})\.)?[^/]*\.tmp$")
     old_re = re.compile(rf"^\.{name}\.old-(\d+(?:-[0-9a-f]{{8}})?)$")
-    tmps, olds = [], []
+    tmps: list[Path] = []
+    olds: list[Path] = []
     if not path.parent.is_dir():
         return tmps, olds
     for entry in path.parent.iterdir():

@@ -88,7 +88,7 @@ def cell_counts(valid: torch.Tensor, fraction: float | Sequence[float] | torch.T
         f = torch.tensor(float(fraction), dtype=torch.float64, device=valid.device)
         product = f * n_valid
     else:
-        f = torch.tensor([float(x) for x in fraction], dtype=torch.float64, device=valid.device)
+        f = torch.tensor([float(x) for x in fraction], dtype=torch.float64, device=valid.device)  # type: ignore[union-attr]
         product = f * n_valid.unsqueeze(-1)
     if bool(((f < 0) | (f > 1)).any()) or not bool(torch.isfinite(f).all()):
         raise InputError(f"fractions must be in [0, 1], got {f.flatten()[:8].tolist()}")

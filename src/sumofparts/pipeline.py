@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
 from .ops import seeded

@@ -99,7 +99,8 @@ class Field:
             text = "a JSON object (dict)"
         elif self.kind is list:
             n = f"{self.length} " if self.length is not None else ""
-            noun = {int: "integers", float: "finite numbers", str: "strings"}.get(self.item, "values")
+            nouns: dict[type | None, str] = {int: "integers", float: "finite numbers", str: "strings"}
+            noun = nouns.get(self.item, "values")
             text = f"a list of {n}{noun}" + (self._range() if self.item in (int, float) else "")
             if self.max_length is not None:
                 text += f" (at most {self.max_length})"

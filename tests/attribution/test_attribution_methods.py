@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sumofparts import SumOfParts
-from sumofparts.attribution import (AttributionMethod, BagNetMethod, BagNetModel, GroupedResult, available_methods,
+from sumofparts.attribution import (AttributionMethod, BagNetModel, GroupedResult, available_methods,
                                     get_method)
 from sumofparts.adapters import BertAdapter, CNNAdapter, TabularAdapter, ViTAdapter
 from sumofparts.tasks.synthetic import make_bars

@@ -114,7 +114,8 @@ class Raster(Exact):
 
     def _attribute(self, inputs, target, **kwargs):
         B = inputs.shape[0]
-        return -torch.arange(inputs[0].numel(), dtype=torch.float32).reshape(1, *inputs.shape[1:]).expand(B, *inputs.shape[1:]).clone()
+        ranks = torch.arange(inputs[0].numel(), dtype=torch.float32).reshape(1, *inputs.shape[1:])
+        return -ranks.expand(B, *inputs.shape[1:]).clone()
 
 
 class NaNFirst(Exact):

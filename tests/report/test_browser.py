@@ -88,6 +88,6 @@ def test_click_thumbnail_changes_group_panel(report):
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert not problems, problems
-    external = [u for u in requests if not (u.startswith("file:") or u.startswith("data:"))]
+    external = [u for u in requests if not u.startswith(("file:", "data:"))]
     assert not external, f"the report asked the network for {external}"
     assert (ARTIFACTS / "report_after_click.png").stat().st_size > 1000

@@ -117,7 +117,7 @@ def test_methods_and_curves_figures():
 
 
 def test_text_figures():
-    toks = "[CLS] a charming and funny movie [SEP]".split()
+    toks = ["[CLS]", "a", "charming", "and", "funny", "movie", "[SEP]"]
     masks = np.zeros((3, len(toks)), bool)
     masks[0, :3] = masks[1, 2:] = masks[2, ::2] = True
     fig = F.text_groups_figure(toks, masks, [0.7, 0.3, 0.0], [1, 0, 1], 1, output_names=["rotten", "fresh"])

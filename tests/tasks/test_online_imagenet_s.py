@@ -142,7 +142,7 @@ def test_load_data_shapes_labels_and_splits(fixture_root, tiny_vit_dir):
     x, y = data.test[0]
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.ndim == 0
-    assert -1.0 - 1e-6 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6  # mean 0.5, std 0.5
+    assert float(x.min()) >= -1.0 - 1e-6 and float(x.max()) <= 1.0 + 1e-6  # mean 0.5, std 0.5
     # labels are ImageNet-1k indices
     for d in (data.train, data.val, data.test):
         assert [int(v) for v in d.labels] == [WNIDS.index(w) for w in d.wnids]
@@ -229,7 +229,7 @@ def test_mismatched_images_are_dropped_by_default(fixture_root, tiny_vit_dir, ca
     expected = {f for w, folder, f in VALIDATION if w == folder} | {
         n[:-5] for folder, n in TRAIN if n.startswith(folder)}
     assert set(items) == expected and not MISMATCHED & set(items)
-    for stem, (label, wnid, folder, _) in items.items():
+    for label, wnid, folder, _ in items.values():
         assert wnid == folder and label == WNIDS.index(wnid)
     audit = data.meta["imagenet1k_labels"]
     assert audit["policy"] == "drop"

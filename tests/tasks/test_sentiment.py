@@ -53,7 +53,7 @@ def test_corpus_deduplicated(corpus):
 
 def test_splits_disjoint_and_balanced(corpus):
     texts, labels, _, splits = corpus
-    sets = [set(texts[i] for i in s) for s in splits]
+    sets = [{texts[i] for i in s} for s in splits]
     assert sum(len(s) for s in sets) == len(texts)
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     sizes = [len(s) for s in splits]

@@ -1,5 +1,4 @@
 """Exact total insertion / deletion errors: vectorised code against a naive double loop."""
-import itertools
 import time
 
 import numpy as np

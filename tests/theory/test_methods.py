@@ -61,7 +61,8 @@ def test_sampling_methods_are_seeded_and_efficient():
         b = run_method(name, p, seed=3, budget=budget)
         assert a.shape == (6,) and np.array_equal(a, b), name
     # every sampled permutation is efficient: the values sum to p(1) - p(0) = 2
-    assert run_method("shapley_sampling", p, seed=1, budget=budget).sum() == pytest.approx(2.0, abs=1e-6)  # Captum accumulates in float32
+    # (Captum accumulates in float32)
+    assert run_method("shapley_sampling", p, seed=1, budget=budget).sum() == pytest.approx(2.0, abs=1e-6)
 
 
 def test_method_errors():

@@ -6,7 +6,6 @@ import socket
 import sys
 import textwrap
 
-import pytest
 import torch
 
 from sumofparts.io import load_tensors

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
 from sumofparts.training.robust import RobustConfig, masked_predictor, robust_finetune
-from sumofparts.tasks.synthetic import BarsCNN, fit_classifier, make_bars
+from sumofparts.tasks.synthetic import BarsCNN, fit_classifier
 
 
 def textures(n: int, seed: int) -> TensorDataset:

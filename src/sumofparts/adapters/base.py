@@ -34,7 +34,7 @@ eval mode whatever mode the surrounding module is put in.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -249,7 +249,8 @@ class BackboneAdapter(nn.Module):
 
     @staticmethod
     def _logits(output: Any) -> torch.Tensor:
-        return output.logits if hasattr(output, "logits") else output
+        logits: torch.Tensor = output.logits if hasattr(output, "logits") else output
+        return logits
 
     def mask_inputs(self, inputs: Inputs, masks: torch.Tensor) -> Inputs:
         """Inputs restricted to groups: ``masks (B, G, N)`` -> a batch of B·G masked inputs."""
@@ -541,7 +542,7 @@ def upsample_nearest(masks: torch.Tensor, grid: tuple[int, int], size: tuple[int
     """``(B, G, h*w)`` bool -> ``(B, G, H, W)`` bool, nearest-neighbour."""
     B, G, N = masks.shape
     h, w = grid
-    if N != h * w:
+    if h * w != N:
         raise InputError(f"masks have {N} cells but the grid {h}x{w} has {h * w}")
     m = masks.reshape(B * G, 1, h, w).float()
     up = nn.functional.interpolate(m, size=size, mode="nearest")
@@ -590,6 +591,19 @@ class EncoderLayers:
     #: position axes of a token layer's view: 2 (a patch grid) or 1 (a token sequence)
     token_positions: int = 1
 
+    if TYPE_CHECKING:  # provided by BackboneAdapter, which every user of this mixin also subclasses
+        model: nn.Module
+
+        def _names_of(self, modules: list[nn.Module | None]) -> dict[str, nn.Module]: ...
+        def layer(self, name: str) -> nn.Module: ...
+        @contextlib.contextmanager
+        def _hooked_view(self, name: str) -> Iterator[nn.Module]: ...
+
+    @property
+    def hf(self) -> Any:
+        """The wrapped Hugging Face model, typed dynamically: its attributes depend on its class."""
+        return self.model
+
     def embedding_module(self) -> nn.Module:
         raise NotImplementedError
 
@@ -599,7 +613,7 @@ class EncoderLayers:
     def final_token_layers(self) -> list[nn.Module]:
         return []
 
-    def pooled_layers(self) -> list[nn.Module]:
+    def pooled_layers(self) -> list[nn.Module | None]:
         return []
 
     def _token_layers(self) -> dict[str, nn.Module]:
@@ -615,7 +629,8 @@ class EncoderLayers:
             raise InputError(f"encoder block index must be an int in [-{n}, {n}), got {index!r}")
         i = index % n
         module = self.embedding_module() if i == 0 else blocks[i - 1]
-        return next(iter(self._names_of([module])))
+        name: str = next(iter(self._names_of([module])))
+        return name
 
     def default_layer(self) -> str:
         return self.layer_entering(-1)
@@ -631,7 +646,8 @@ class EncoderLayers:
         if not attentions or attentions[-1] is None:
             raise RuntimeError("the backbone returned no attention maps: build it with "
                                "attn_implementation='eager' (SDPA attention does not return them)")
-        return attentions[-1][:, :, 0, :].mean(1)
+        row: torch.Tensor = attentions[-1][:, :, 0, :].mean(1)
+        return row
 
     @contextlib.contextmanager
     def layer_view(self, name: str) -> Iterator[nn.Module]:

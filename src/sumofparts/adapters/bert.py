@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ def _bert_parameters(cfg: dict[str, Any]) -> int:
     h = cfg["hidden_size"]
     labels = len(cfg["id2label"])
     embeddings = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"]) * h + 2 * h
-    return embeddings + encoder_parameters(cfg) + h * h + h + (h + 1) * labels
+    count: int = embeddings + encoder_parameters(cfg) + h * h + h + (h + 1) * labels
+    return count
 
 
 #: the Hugging Face text classifiers this adapter builds from a checkpoint, and their config tables
@@ -80,7 +81,8 @@ class _TokenEncoder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.base(**inputs, output_hidden_states=True, return_dict=True)
-        return out.hidden_states[self.generator_layer]
+        hidden: torch.Tensor = out.hidden_states[self.generator_layer]
+        return hidden
 
 
 class _EmbeddingForward(nn.Module):
@@ -97,7 +99,8 @@ class _EmbeddingForward(nn.Module):
             batch["attention_mask"] = attention_mask
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        return self.adapter(batch)
+        logits: torch.Tensor = self.adapter(batch)
+        return logits
 
 
 class BertAdapter(EncoderLayers, BackboneAdapter):
@@ -147,20 +150,21 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             raise ConfigError("no mask token: pass mask_token_id= (the id whose embedding replaces masked tokens)")
         self.special_token_ids = sorted(special)
         self.mask_token_id = int(mask_id)
-        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self.vocab_size = int(self.hf.get_input_embeddings().num_embeddings)
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ConfigError(f"mask_token_id must be in [0, {self.vocab_size}), got {self.mask_token_id}")
         outside = [i for i in self.special_token_ids if not 0 <= i < self.vocab_size]
         if outside:
             raise ConfigError(f"special_token_ids must lie in [0, {self.vocab_size}), got {outside[:5]}")
-        n_layers = int(model.config.num_hidden_layers)
+        n_layers = int(self.hf.config.num_hidden_layers)
         if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
                 not (-n_layers - 1 <= generator_layer < 0):
             raise ConfigError(f"generator_layer must be in [-{n_layers + 1}, -1], got {generator_layer}")
-        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0)) or None
-        self.type_vocab_size = int(getattr(model.config, "type_vocab_size", 0)) or None
+        self.max_positions = int(getattr(self.hf.config, "max_position_embeddings", 0)) or None
+        self.type_vocab_size = int(getattr(self.hf.config, "type_vocab_size", 0)) or None
         self.generator_layer = int(generator_layer)
-        self.encoder_dim = int(model.config.hidden_size)
+        self.encoder_dim = int(self.hf.config.hidden_size)
+        self._special: torch.Tensor
         self.register_buffer("_special", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False)
 
     # cells
@@ -196,7 +200,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         if B == 0 or L == 0:
             raise InputError(f"expected at least one sequence of at least one token, got input_ids of shape "
                              f"{tuple(ids.shape)}")
-        if self.max_positions is not None and L > self.max_positions:
+        if self.max_positions is not None and self.max_positions < L:
             raise InputError(f"sequences of {L} tokens are longer than the model's position table "
                              f"({self.max_positions} positions); truncate them to at most {self.max_positions}")
         if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
@@ -223,19 +227,20 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
 
     # generator
     def make_encoder(self) -> nn.Module:
-        return _TokenEncoder(self.model.base_model, self.generator_layer)
+        return _TokenEncoder(self.hf.base_model, self.generator_layer)
 
     # layers of the generator's copy
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The copy is the whole transformer body: every layer, under the backbone's names."""
-        prefix = self.model.base_model_prefix + "."
-        return {name: encoder.base.get_submodule(name[len(prefix):]) for name in self.named_layers()}
+        prefix = self.hf.base_model_prefix + "."
+        body = cast(nn.Module, encoder.base)
+        return {name: body.get_submodule(name[len(prefix):]) for name in self.named_layers()}
 
     # backbone
     def mask_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
         B, G, L = masks.shape
         ids = inputs["input_ids"]
-        emb_layer = self.model.get_input_embeddings()
+        emb_layer = self.hf.get_input_embeddings()
         emb = emb_layer(ids)  # (B, L, D)
         fill = emb_layer.weight[self.mask_token_id]  # (D,)
         hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L): real tokens outside the group
@@ -264,7 +269,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         """Word embeddings ``(B, L, D)``; the baseline: the ``[MASK]`` embedding at every valid token and the
         token's own embedding at special tokens and padding (what :meth:`mask_inputs` puts outside a group);
         extras: ``(attention_mask, token_type_ids)`` (each may be ``None``)."""
-        layer = self.model.get_input_embeddings()
+        layer = self.hf.get_input_embeddings()
         with torch.no_grad():
             embeds = layer(inputs["input_ids"]).detach()
             fill = layer.weight[self.mask_token_id].detach()
@@ -291,19 +296,19 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
 
     # layers
     def embedding_module(self) -> nn.Module:
-        return self.model.base_model.embeddings
+        return cast(nn.Module, self.hf.base_model.embeddings)
 
     def encoder_blocks(self) -> nn.ModuleList:
-        encoder = self.model.base_model.encoder
+        encoder = self.hf.base_model.encoder
         blocks = getattr(encoder, "layer", None)
         if blocks is None:
             blocks = getattr(encoder, "layers", None)
         if blocks is None:
             raise NotImplementedError(f"cannot find the encoder blocks of a {type(self.model).__name__}")
-        return blocks
+        return cast(nn.ModuleList, blocks)
 
-    def pooled_layers(self) -> list[nn.Module]:
-        return [getattr(self.model.base_model, "pooler", None)]
+    def pooled_layers(self) -> list[nn.Module | None]:
+        return [getattr(self.hf.base_model, "pooler", None)]
 
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, L, D)`` -> ``(B, D, L)``."""
@@ -318,7 +323,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         return {
             "family": self.family,
             "model_class": type(self.model).__name__,
-            "hf_config": self.model.config.to_dict(),
+            "hf_config": self.hf.config.to_dict(),
             "special_token_ids": self.special_token_ids,
             "mask_token_id": self.mask_token_id,
             "generator_layer": self.generator_layer,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ class _CNNCellEncoder(nn.Module):
         self._out: torch.Tensor | None = None
         dict(self.net.named_modules())[feature_layer].register_forward_hook(self._hook)
 
-    def _hook(self, module, args, output):
+    def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self._out = output
         raise _StopForward
 
@@ -91,12 +91,13 @@ class CNNAdapter(BackboneAdapter):
         group_batch_size: largest number of masked images per backbone call.
 
     Layers (layer and neuron attribution): every leaf module of the CNN but the classifier and
-    dropout (and the feature layer), under its own dotted name; a layer's output ``(B, K, h, w)`` is its view as it is (K channels on an
-    ``h×w`` grid), a ``(B, K)`` output has no positions. The default layer is ``feature_layer``.
+    dropout (and the feature layer), under its own dotted name; a layer's output ``(B, K, h, w)`` is its
+    view as it is (K channels on an ``h×w`` grid), a ``(B, K)`` output has no positions. The default layer is ``feature_layer``.
     """
 
     family = "cnn"
     capabilities = frozenset({"cell_grid", "image_input", "layer_map", "module_forward"})
+    cell_grid: tuple[int, int]
 
     def __init__(self, model: nn.Module, *, feature_layer: str, classifier: str | None = None,
                  grid: tuple[int, int] | None = None, input_shape: tuple[int, int, int] | None = None,
@@ -138,7 +139,8 @@ class CNNAdapter(BackboneAdapter):
         if fmap is None or fmap.ndim != 4:
             raise ConfigError(f"feature_layer {feature_layer!r} must output (B, D, h, w), got {describe(fmap)}")
         self.feature_shape = tuple(fmap.shape[1:])
-        self.cell_grid = tuple(int(v) for v in (grid or fmap.shape[-2:]))
+        gh, gw = (int(v) for v in (grid or fmap.shape[-2:]))
+        self.cell_grid = (gh, gw)
         self.encoder_dim = int(fmap.shape[1])
 
     @property
@@ -200,12 +202,13 @@ class CNNAdapter(BackboneAdapter):
             if not isinstance(out, torch.Tensor):
                 raise InputError(f"layer {name!r} produced no tensor in a forward pass of the CNN")
             cache[name] = 2 if out.ndim == 4 else 0
-        return cache[name]
+        positions: int = cache[name]
+        return positions
 
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The copy's layers up to the feature layer (the copy stops there), same names, in the
         model's registration order."""
-        copies = dict(encoder.net.named_modules())
+        copies = dict(cast(nn.Module, encoder.net).named_modules())
         layers = self.named_layers()
         order = [n for n, _ in self.model.named_modules() if n in layers]
         inside = [i for i, n in enumerate(order) if n == self.feature_layer or n.startswith(self.feature_layer + ".")]
@@ -235,7 +238,8 @@ class CNNAdapter(BackboneAdapter):
     @classmethod
     def canonical_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
         """The 0.1 layout (``factory``) in the current one, for comparisons."""
-        return _upgrade_legacy_spec(spec, True, "")
+        upgraded: dict[str, Any] = _upgrade_legacy_spec(spec, True, "")
+        return upgraded
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], model: nn.Module | None = None, *, where: str = "") -> "CNNAdapter":

@@ -143,7 +143,7 @@ _ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_pyth
                 "linear")
 
 
-def _label_map(values: dict) -> str | None:
+def _label_map(values: dict[str, Any]) -> str | None:
     if not values or len(values) > 100_000:
         return "be a non-empty mapping of at most 100000 class ids to names"
     if not all(isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in values.items()):
@@ -153,7 +153,7 @@ def _label_map(values: dict) -> str | None:
     return None
 
 
-def _label2id(values: dict) -> str | None:
+def _label2id(values: dict[str, Any]) -> str | None:
     if len(values) > 100_000 or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                                          for k, v in values.items()):
         return "map class names to integer ids"
@@ -269,10 +269,12 @@ def build_hf_model(model_class: Any, hf_config: Any, allowed: Mapping[str, HFMod
     model_cls, config_cls = schema.load()
     config = config_cls(**checked)
     config._attn_implementation = "eager"
-    return model_cls(config)
+    model: nn.Module = model_cls(config)
+    return model
 
 
 def encoder_parameters(cfg: dict[str, Any]) -> int:
     """Parameters of ``num_hidden_layers`` BERT/ViT encoder layers (attention, MLP, two LayerNorms)."""
     h, i = cfg["hidden_size"], cfg["intermediate_size"]
-    return cfg["num_hidden_layers"] * (4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h)
+    count: int = cfg["num_hidden_layers"] * (4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h)
+    return count

@@ -49,7 +49,8 @@ class IdentityHead(nn.Module):
         y = self.body(x)
         if y.ndim == 1:
             y = y.unsqueeze(-1)
-        return self.head(y)
+        out: torch.Tensor = self.head(y)
+        return out
 
 
 class _FeatureEncoder(nn.Module):

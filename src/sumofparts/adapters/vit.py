@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,7 +34,8 @@ def _vit_parameters(cfg: dict[str, Any]) -> int:
     h, p, c = cfg["hidden_size"], cfg["patch_size"], cfg["num_channels"]
     patches = (cfg["image_size"] // p) ** 2
     labels = len(cfg["id2label"])
-    return c * p * p * h + h + (patches + 2) * h + encoder_parameters(cfg) + 2 * h + (h + 1) * labels
+    count: int = c * p * p * h + h + (patches + 2) * h + encoder_parameters(cfg) + 2 * h + (h + 1) * labels
+    return count
 
 
 #: the Hugging Face image classifiers this adapter builds from a checkpoint, and their config tables
@@ -71,7 +72,7 @@ class _ViTCellEncoder(nn.Module):
     keeps all layers but the last one (the last one would be computed for nothing).
     """
 
-    def __init__(self, vit: nn.Module, num_layers: int):
+    def __init__(self, vit: Any, num_layers: int):
         super().__init__()
         self.embeddings = copy.deepcopy(vit.embeddings)
         self.layers = nn.ModuleList(copy.deepcopy(vit.layers[i]) for i in range(num_layers))
@@ -82,7 +83,8 @@ class _ViTCellEncoder(nn.Module):
         h = self.embeddings(pixel_values)
         for layer in self.layers:
             h = layer(h)
-        return h[:, 1:]
+        cells: torch.Tensor = h[:, 1:]
+        return cells
 
 
 class ViTAdapter(EncoderLayers, BackboneAdapter):
@@ -114,6 +116,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
 
     family = "vit"
     capabilities = frozenset({"cell_grid", "image_input", "cls_attention", "layer_map"})
+    cell_grid: tuple[int, int]
     token_positions = 2
 
     def __init__(self, model: nn.Module, *, drop_patches: bool = False, generator_layer: int = -2,
@@ -123,8 +126,8 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
                 "ViTAdapter expects a transformers ViTForImageClassification (with .vit and .classifier), "
                 f"got {type(model).__name__}"
             )
-        super().__init__(model, model.classifier, group_batch_size)
-        cfg = model.config
+        super().__init__(model, cast(Any, model).classifier, group_batch_size)
+        cfg = self.hf.config
         size = cfg.image_size if isinstance(cfg.image_size, (tuple, list)) else (cfg.image_size, cfg.image_size)
         patch = cfg.patch_size if isinstance(cfg.patch_size, (tuple, list)) else (cfg.patch_size, cfg.patch_size)
         self.image_size = (int(size[0]), int(size[1]))
@@ -136,7 +139,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
                               f"{self.image_size} and patch size {self.patch_size}")
         self.cell_grid = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
         self.drop_patches = check_value("drop_patches", drop_patches, Field(bool))
-        n_layers = len(model.vit.layers)
+        n_layers = len(self.hf.vit.layers)
         if isinstance(generator_layer, bool) or not isinstance(generator_layer, int) or \
                 not (-n_layers <= generator_layer < 0):
             raise ConfigError(f"generator_layer must be in [-{n_layers}, -1], got {generator_layer}")
@@ -159,16 +162,17 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
 
     # generator
     def make_encoder(self) -> nn.Module:
-        n_layers = len(self.model.vit.layers)
+        n_layers = len(self.hf.vit.layers)
         # hidden_states[k] in HF numbering is the output of layer k (0 = embeddings)
         keep = n_layers + 1 + self.generator_layer
-        return _ViTCellEncoder(self.model.vit, keep)
+        return _ViTCellEncoder(self.hf.vit, keep)
 
     # layers of the generator's copy
     def encoder_layers(self, encoder: nn.Module) -> dict[str, nn.Module]:
         """The copy's embedding and the blocks it keeps (all but the last, for ``generator_layer=-2``)."""
         names = list(self.named_layers())
-        return dict(zip(names, [encoder.embeddings, *encoder.layers]))
+        copy = cast(_ViTCellEncoder, encoder)
+        return dict(zip(names, [copy.embeddings, *copy.layers]))
 
     # backbone
     def mask_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -193,7 +197,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
 
     def _forward_dropped(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep only each group's patches (plus CLS). Every group of a batch must have the same size."""
-        vit = self.model.vit
+        vit = self.hf.vit
         B, G, N = masks.shape
         counts = masks.sum(-1)
         k = int(counts.max())
@@ -223,13 +227,13 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
 
     # layers
     def embedding_module(self) -> nn.Module:
-        return self.model.vit.embeddings
+        return cast(nn.Module, self.hf.vit.embeddings)
 
     def encoder_blocks(self) -> nn.ModuleList:
-        return self.model.vit.layers
+        return cast(nn.ModuleList, self.hf.vit.layers)
 
     def final_token_layers(self) -> list[nn.Module]:
-        return [self.model.vit.layernorm]
+        return [self.hf.vit.layernorm]
 
     def layer_grid(self, output: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, 1 + N, D)`` -> the patch tokens on the cell grid ``(B, D, h, w)`` (CLS left out)."""
@@ -247,7 +251,7 @@ class ViTAdapter(EncoderLayers, BackboneAdapter):
         return {
             "family": self.family,
             "model_class": type(self.model).__name__,
-            "hf_config": self.model.config.to_dict(),
+            "hf_config": self.hf.config.to_dict(),
             "drop_patches": self.drop_patches,
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,

@@ -144,6 +144,8 @@ class BagNetModel(nn.Module):
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: the BagNet metadata is not valid JSON ({exc})") from None
         model = build_backbone("bagnet", kwargs, where=f"{path}: ")
+        if not isinstance(model, BagNetModel):
+            raise CheckpointError(f"{path}: the registered 'bagnet' backbone is not a BagNetModel")
         model.load_state_dict(load_tensors(path))
         return model.eval()
 

@@ -309,8 +309,9 @@ def _lrp_cleanup(lrp: Any, model: nn.Module, had_rule: set) -> None:
         rule = getattr(m, "rule", None)
         for h in getattr(rule, "_handle_input_hooks", []) or []:
             h.remove()
-        if getattr(rule, "_handle_output_hook", None) is not None:
-            rule._handle_output_hook.remove()
+        output_hook = getattr(rule, "_handle_output_hook", None)
+        if output_hook is not None:
+            output_hook.remove()
         if m not in had_rule and hasattr(m, "rule"):
             del m.rule
         for attr in ("activations", "activation"):

@@ -17,7 +17,7 @@ through the backbone in chunks of ``batch_size``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -225,7 +225,8 @@ class RISE(AttributionMethod):
         self.batch_size = int(batch_size or adapter.group_batch_size)
         if adapter.cell_grid is not None:
             gh, gw = adapter.cell_grid
-            self.grid = tuple(grid) if grid is not None else (max(1, math.ceil(gh / 2)), max(1, math.ceil(gw / 2)))
+            self.grid: tuple[int, int] | None = (cast(tuple[int, int], tuple(grid)) if grid is not None
+                                                 else (max(1, math.ceil(gh / 2)), max(1, math.ceil(gw / 2))))
         else:
             self.grid = None
 

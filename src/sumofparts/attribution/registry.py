@@ -60,7 +60,7 @@ def available_methods(*, include_f: bool = True, adapter: BackboneAdapter | None
     return names
 
 
-def get_method(name: str, adapter: BackboneAdapter | None, **options: Any) -> AttributionMethod:
+def get_method(name: str, adapter: BackboneAdapter, **options: Any) -> AttributionMethod:
     """Build the method called ``name`` for ``adapter``.
 
     ``options`` are the method's own (see docs/methods.md); ``"<name>-f"`` takes ``tau``

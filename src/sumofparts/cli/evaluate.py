@@ -34,6 +34,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or best_checkpoint(args.task)
     out = args.out or run_dir(args.task, "evaluation")
     command = _command_line(args)
+    rank = 0
     try:
         tables = evaluate_task(args.task, methods=args.methods, n=args.n, seed=args.seed, out_dir=out,
                                progress=not args.no_progress, checkpoint=checkpoint, size=args.size,
@@ -46,8 +47,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
             rank = dist.get_rank()
             dist.destroy_process_group()
-            if rank:
-                return 0
+    if rank:
+        return 0  # the tables are printed once, by rank 0
     print()
     print(tables.markdown())
     print(f"written: {', '.join(str(p) for p in tables.paths.values())}")
@@ -94,8 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="SOP checkpoint directory (default: sop-runs/TASK/sop/best, as written by `sop run`)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: sop-runs/TASK/evaluation)")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of the data, the methods' sampling, the tie-break orders "
-                                                       "and the bootstrap (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of the data, the methods' sampling, the tie-break orders and the bootstrap "
+                        "(default: %(default)s)")
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="items per batch and per shard (default: %(default)s)")

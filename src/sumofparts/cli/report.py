@@ -57,8 +57,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     methods = None if args.methods is None else [m for m in args.methods if m.lower() != "none"]
     command = _command(["sop", "report", args.task], args,
                        [("--checkpoint", "checkpoint"), ("--out", "out"), ("--n", "n"), ("--methods", "methods"),
-                        ("--results", "results"), ("--target", "target"), ("--figures", "figures"), ("--size", "size"), ("--seed", "seed"),
-                        ("--cache-dir", "cache_dir")])
+                        ("--results", "results"), ("--target", "target"), ("--figures", "figures"), ("--size", "size"),
+                        ("--seed", "seed"), ("--cache-dir", "cache_dir")])
     path = write_task_report(args.task, sop, data, directory, results=results,
                              eval_tables=ev if ev.is_file() else None, methods=methods, n_examples=args.n,
                              target=args.target, path=out, seed=args.seed, command=command,

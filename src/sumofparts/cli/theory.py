@@ -31,7 +31,8 @@ def _methods_arg(text: str) -> list[str]:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d-max", type=POSITIVE_INT, default=12, help="largest d (multiples of 3 from 3 up to it; max 20). Default 12")
+    p.add_argument("--d-max", type=POSITIVE_INT, default=12,
+                   help="largest d (multiples of 3 from 3 up to it; max 20). Default 12")
     p.add_argument("--out", default="./sop-theory", help="output directory (default ./sop-theory)")
     p.add_argument(
         "--methods",

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..adapters import BackboneAdapter
 
 __all__ = ["PassCache", "count_passes", "input_row_keys", "channels_last"]
 
@@ -52,7 +55,7 @@ class PassCache:
     ``computed`` and ``requested`` count group rows (for the benchmark's dedupe ratio).
     """
 
-    def __init__(self, adapter: nn.Module, chunk_rows: int = 32):
+    def __init__(self, adapter: BackboneAdapter, chunk_rows: int = 32):
         self.adapter = adapter
         self.chunk_rows = max(1, int(chunk_rows))  # masked inputs per backbone call (small batches run faster on CPU)
         self.original = adapter.compute_groups  # the backbone's own passes, whatever sharing_passes says
@@ -162,10 +165,10 @@ def channels_last(*modules: nn.Module) -> Iterator[None]:
     for m in modules:
         weights = [p for p in m.parameters() if p.ndim == 4]
         if weights and not all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
-            m.to(memory_format=torch.channels_last)
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
             changed.append(m)
     try:
         yield
     finally:
         for m in changed:
-            m.to(memory_format=torch.contiguous_format)
+            m.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]

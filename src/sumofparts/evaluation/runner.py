@@ -100,7 +100,7 @@ class _BatchContext:
         self.full, self.empty = out[:, 0], out[:, 1]  # (B, C): the backbone on x and on ∅
         fr = M.fractions(settings.steps)
         self.tau_step = next((i for i, k in enumerate(fr) if abs(k - settings.fraction) < 1e-9), None)
-        self.sop_out = None
+        self.sop_out: Any = None  # the SOPOutput of the batch, once SOP's row has run
         self.C = self.full.shape[1]
 
     # -- shared helpers ----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class _BatchContext:
             sums = sums_for(target).view(-1, 1)
             return {"fidelity": _cpu(M.fidelity(pred.gather(1, t), sums, reference=reference.gather(1, t),
                                                 task="regression"))}
-        if self.C > self.s.fidelity_max_classes:
+        if self.s.fidelity_max_classes < self.C:
             return {}
         same = bool((target == target[0]).all())
         cols = []

@@ -10,7 +10,6 @@ dataclass *and* a row to the table (a test checks that the two agree).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

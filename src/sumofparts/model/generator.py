@@ -1,6 +1,8 @@
 """The group generator: attention maps over cells, binarised to top-tau groups."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -57,6 +59,7 @@ class GroupGenerator(nn.Module):
         if self.blur_kernel:
             if grid is None:
                 raise ConfigError("blur_kernel needs a cell grid: it is for image backbones only")
+            self.blur: torch.Tensor
             self.register_buffer("blur", gaussian_kernel(self.blur_kernel, blur_sigma)[None, None],
                                  persistent=False)
 
@@ -76,7 +79,7 @@ class GroupGenerator(nn.Module):
             if lin.bias is not None:
                 lin.bias.zero_()
 
-    def forward(self, inputs, valid: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
+    def forward(self, inputs: Any, valid: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
         """Candidate groups as attention distributions ``(B, K', N, N)`` (K' = len(heads) or K).
 
         ``valid (B, N)`` bool: keys outside it get zero probability.
@@ -89,6 +92,7 @@ class GroupGenerator(nn.Module):
             q, k = q[:, heads], k[:, heads]
         logits = self.scale * q @ k.transpose(-1, -2)  # (B, K', N, N)
         if self.blur_kernel:
+            assert self.grid is not None  # checked in __init__
             gh, gw = self.grid
             K_ = logits.shape[1]
             img = logits.reshape(B * K_ * N, 1, gh, gw)
@@ -162,7 +166,7 @@ def lattice_cells(grid: tuple[int, int], count: int) -> list[int]:
     h, w = grid
     if count > h * w:
         return [(k * h * w) // count for k in range(count)]
-    best = None
+    best: tuple[tuple[int, float], int, int] | None = None
     for gh in range(1, h + 1):
         gw = -(-count // gh)
         if gw > w:
@@ -170,6 +174,7 @@ def lattice_cells(grid: tuple[int, int], count: int) -> list[int]:
         key = (gh * gw - count, abs(gh / gw - h / w))
         if best is None or key < best[0]:
             best = (key, gh, gw)
+    assert best is not None  # gh = h always fits: ceil(count / h) <= w since count <= h·w
     _, gh, gw = best
     rows = [((2 * r + 1) * h) // (2 * gh) for r in range(gh)]
     cols = [((2 * c + 1) * w) // (2 * gw) for c in range(gw)]

@@ -39,4 +39,5 @@ class GroupSelector(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Group weights ``(B, G, C)``: for each input and class, a sparse distribution over groups."""
-        return sparsemax(self.scores(z), dim=1)
+        weights: torch.Tensor = sparsemax(self.scores(z), dim=1)
+        return weights

@@ -59,6 +59,7 @@ class SumOfParts(nn.Module):
             raise ConfigError(f"base_value has {len(config.base_value)} entries; expected one per output ({C})")
         base = torch.zeros(C) if config.base_value is None else torch.tensor(config.base_value, dtype=torch.float32)
         # a buffer that is not saved: the config is where the base value lives
+        self._base_value: torch.Tensor
         self.register_buffer("_base_value", base, persistent=False)
 
     # -- construction ------------------------------------------------------------------------
@@ -185,7 +186,8 @@ class SumOfParts(nn.Module):
     def backbone_predict(self, inputs: Any) -> torch.Tensor:
         """The frozen backbone's own output on the whole input ``(B, C)``."""
         self.backbone.validate(inputs)
-        return self.backbone(inputs)
+        logits: torch.Tensor = self.backbone(inputs)
+        return logits
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -207,7 +207,7 @@ def _scores_payload(results: Mapping[str, Any] | None) -> dict | None:
 # -- collecting -------------------------------------------------------------------------------
 def _token_strings(data, ids: Sequence[int]) -> list[str]:
     """The tokenizer's strings for ``ids`` when the task names a local tokenizer, else ``#id``."""
-    tok = getattr(data, "_report_tokenizer", None)
+    tok: Any = getattr(data, "_report_tokenizer", None)  # a tokenizer, False (none) or None (not looked up)
     if tok is None:
         path = (getattr(data, "meta", None) or {}).get("tokenizer")
         if path and Path(str(path)).exists():
@@ -301,7 +301,7 @@ def collect_payload(sop, data, *, n_examples: int = 8,
             lab = int(labels[b])
             label = names[lab] if 0 <= lab < len(names) else str(lab)
         else:
-            final = float(expl.logits[b, tb])
+            final = float(expl.logits[b, tb])  # type: ignore[assignment]  # an output value, not a class
             prediction = ", ".join(f"{names[j]} = {_fmt_value(float(v))}" for j, v in enumerate(expl.logits[b]))
             label = ", ".join(f"{names[j]} = {_fmt_value(float(v))}" for j, v in enumerate(
                 torch.as_tensor(labels[b]).flatten()))

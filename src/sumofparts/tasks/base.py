@@ -20,7 +20,6 @@ from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..errors import ConfigError, InputError, MissingFileError
 
@@ -45,9 +44,11 @@ class TaskData:
 
     name: str
     kind: Literal["classification", "regression"]
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    # map-style datasets (``len(d)``, ``d[i] -> (input, target)``); some carry their tensors as
+    # attributes (``tensors``, ``targets``, ``input_ids`` ...), hence ``Any``
+    train: Any
+    val: Any
+    test: Any
     output_names: list[str]
     test_foreground: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)

@@ -54,7 +54,7 @@ def _probes_by_output(data: TaskData, n_probe: int) -> dict[int, Any]:
     if data.kind == "regression":
         idx = torch.arange(min(n, n_probe))
         x = _stack([test[int(i)][0] for i in idx])
-        return {k: x for k in range(data.num_outputs)}
+        return dict.fromkeys(range(data.num_outputs), x)
     labels = torch.stack([test[i][1] for i in range(n)])
     out = {}
     for k in range(data.num_outputs):
@@ -168,7 +168,6 @@ def fashion_concepts(data: TaskData, adapter, *, pool_size: int = 1000, random_s
     grid = adapter.cell_grid
     if grid is None:
         raise InputError("fashion concepts need an image backbone with a cell grid")
-    rng = np.random.default_rng(seed)
     x = data.train.tensors[0] if hasattr(data.train, "tensors") else torch.stack([it[0] for it in data.train])
     n_total = len(x)
 
@@ -291,7 +290,7 @@ def sentiment_concepts(data: TaskData, adapter, *, pool_size: int = 1000, random
 
     def make(name: str, rows: np.ndarray, description: str, family: str) -> ConceptSet:
         cells = torch.zeros(len(rows), L, dtype=torch.bool)
-        for r, (i, j) in enumerate(rows):
+        for r, (_, j) in enumerate(rows):
             cells[r, j:j + span] = True
         sent = torch.from_numpy(rows[:, 0].copy())
         cells &= valid[sent]

@@ -236,7 +236,7 @@ def vit_config(**overrides: Any) -> dict[str, Any]:
     cfg = dict(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=1, hidden_size=96,
                num_hidden_layers=4, num_attention_heads=4, intermediate_size=192,
                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=10,
-               id2label={i: n for i, n in enumerate(CLASS_NAMES)},
+               id2label=dict(enumerate(CLASS_NAMES)),
                label2id={n: i for i, n in enumerate(CLASS_NAMES)})
     cfg.update(overrides)
     return cfg

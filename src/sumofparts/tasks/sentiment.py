@@ -419,8 +419,8 @@ def _train_backbone(data: TaskData, variant: str = DEFAULT_VARIANT, *, seed: int
     ``head`` and ``top2`` run the frozen lower layers once and cache their hidden states,
     so each step only runs (and back-propagates through) the trained layers. ``full`` trains
     everything end to end. Pass the same ``state_cache`` dict to successive calls on the same
-    data to reuse the frozen layers' states (they are identical across variants). Returns ``(model, record)``; ``record`` holds the settings, the
-    number of steps, the time and the val/test accuracy.
+    data to reuse the frozen layers' states (they are identical across variants). Returns
+    ``(model, record)``; ``record`` holds the settings, the number of steps, the time and the val/test accuracy.
     """
     from tqdm.auto import tqdm
 

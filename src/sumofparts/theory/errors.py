@@ -75,7 +75,7 @@ def subset_values(
     or an already computed table (returned validated). ``x`` defaults to ones, ``baseline`` to
     zeros.
     """
-    if isinstance(f, np.ndarray) or isinstance(f, (list, tuple)):
+    if isinstance(f, (np.ndarray, list, tuple)):
         table = _as_table(f)
         if d is not None and 2 ** int(d) != table.shape[0]:
             raise ValueError(f"table has length {table.shape[0]}, expected 2**d = {2 ** int(d)}")

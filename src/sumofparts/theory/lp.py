@@ -130,7 +130,7 @@ def solve_primal(b, *, method: str = "highs-ipm", time_limit: float | None = Non
     A_eq = sp.hstack([A, eye, -eye], format="csc")
     c = np.concatenate([np.zeros(d), np.ones(2 * n)])
     bounds = [(None, None)] * d + [(0, None)] * (2 * n)
-    options = {"presolve": True}
+    options: dict[str, bool | float] = {"presolve": True}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def solve_dual(b, *, method: str = "highs", time_limit: float | None = None) -> 
     """
     b, d = _targets(b)
     At = subset_matrix(d).T.tocsr()
-    options = {"presolve": True}
+    options: dict[str, bool | float] = {"presolve": True}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     t0 = time.perf_counter()
@@ -186,7 +186,7 @@ def dual_infeasibility(lam, d: int | None = None) -> float:
 
 def walsh_hadamard(b) -> np.ndarray:
     """``w(T) = sum_S b_S (-1)^{|S ∩ T|}`` for every ``T`` (fast transform, ``O(d 2**d)``)."""
-    w = np.array(b, dtype=np.float64).reshape(-1)
+    w: np.ndarray = np.array(b, dtype=np.float64).reshape(-1)
     n = w.shape[0]
     d = int(n).bit_length() - 1
     if n < 2 or 2 ** d != n:

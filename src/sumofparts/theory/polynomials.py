@@ -127,6 +127,8 @@ class SumOfMonomials(nn.Module):
         mask = torch.zeros(len(mons), d, dtype=torch.bool)
         for k, m in enumerate(mons):
             mask[k, list(m)] = True
+        self.mask: torch.Tensor
+        self.coef: torch.Tensor
         self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("coef", torch.tensor(coefs, dtype=torch.float64), persistent=False)
 
@@ -219,7 +221,7 @@ class Binomial(SumOfMonomials):
         n1, n2, n3 = (int(v) for v in sizes)
         d = n1 + n2 + n3
         self.parts = (
-            tuple(range(0, n1)),
+            tuple(range(n1)),
             tuple(range(n1, n1 + n2)),
             tuple(range(n1 + n2, d)),
         )
@@ -247,10 +249,10 @@ def binomial(d: int, sizes: tuple[int, int, int] | None = None) -> Binomial:
                 f"pass sizes=(n1, n2, n3) for an unequal split"
             )
         sizes = (d // 3, d // 3, d // 3)
-    sizes = tuple(int(v) for v in sizes)
+    sizes = tuple(int(v) for v in sizes)  # type: ignore[assignment]  # checked to be three just below
     if len(sizes) != 3 or sum(sizes) != d or min(sizes) < 1:
         raise InputError(f"sizes must be three ints >= 1 summing to d={d}, got {sizes}")
-    return Binomial(sizes)  # type: ignore[arg-type]
+    return Binomial(sizes)
 
 
 def exact_shapley(values: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ def _d_values(d_min: int, d_max: int) -> list[int]:
         raise InputError(f"d_max must be <= {MAX_EXACT_D} for the exact enumeration over 2**d subsets, got {d_max}")
     if d_min < 3 or d_min > d_max:
         raise InputError(f"d_min must be in [3, d_max={d_max}], got {d_min}")
-    return [d for d in range(3 * math.ceil(d_min / 3), int(d_max) + 1, 3)]
+    return list(range(3 * math.ceil(d_min / 3), int(d_max) + 1, 3))
 
 
 def _errors(values: np.ndarray, att: Attribution, d: int) -> tuple[float, float]:
@@ -250,7 +250,8 @@ def write_report(
         "md": atomic_write_text(out / "theory.md", format_markdown(rows, meta)),
         "json": atomic_write_json(
             out / "theory.json",
-            {"meta": meta, "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]},
+            {"meta": meta,
+             "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]},
         ),
     }
     fig = plot_rows(rows)
