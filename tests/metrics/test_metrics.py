@@ -278,3 +278,114 @@ def test_sop_insertion_at_k_is_the_model_with_tau_k(cnn):
     # deletion at k = 1 removes every cell: all groups see the zero image
     zero = adapter(torch.zeros_like(x))
     torch.testing.assert_close(curves.deletion_logits_abs_scale[:, -1], zero, rtol=1e-4, atol=1e-5)
+    # the paths: SOP's own output is the full input, SOP with every group emptied the empty one
+    t = curves.target
+    prob = lambda logits: logits.double().softmax(-1).gather(-1, t.view(-1, *[1] * (logits.ndim - 1)).expand(  # noqa: E731
+        *logits.shape[:-1], 1))[..., 0]
+    for abs_scale, dele in ((False, curves.deletion_logits), (True, curves.deletion_logits_abs_scale)):
+        pc = M.sop_path_curves(curves, "classification", abs_scale=abs_scale)
+        torch.testing.assert_close(pc.full, prob(curves.logits))
+        torch.testing.assert_close(pc.empty, prob(dele[:, -1]))
+        torch.testing.assert_close(pc.insertion, prob(curves.insertion_logits))
+        torch.testing.assert_close(pc.deletion, prob(dele))
+    assert not torch.allclose(M.sop_path_curves(curves, "classification").deletion,
+                              M.sop_path_curves(curves, "classification", abs_scale=True).deletion)
+
+
+def test_tie_keys_of_no_items_and_of_a_tensor_of_items():
+    from sumofparts.metrics.ranking import tie_keys
+
+    assert tie_keys([], 7, samples=3).shape == (0, 3, 7)
+    assert torch.equal(tie_keys(torch.tensor([4, 1]), 5), tie_keys([4, 1], 5, samples=1, seed=0))
+    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
+        tie_keys([1], 5, samples=0)
+    with pytest.raises(ValueError, match=r"item indices must be >= 0, got \[-1\]"):
+        tie_keys([-1], 5)
+
+
+def test_constant_maps_per_row_and_rows_without_valid_cells():
+    from sumofparts.metrics.ranking import constant_maps
+
+    scores = torch.tensor([[1.0, 1.0, 5.0], [2.0, 3.0, 2.0], [0.0, 1.0, 2.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
+    # row 0: its valid cells tie (the invalid 5 does not count); row 1 ranks; row 2 has nothing to rank
+    assert constant_maps(scores, valid).tolist() == [True, False, True]
+
+
+def test_bootstrap_std_is_the_std_of_the_resampled_statistic_exactly():
+    """The resamples are ``default_rng(seed).integers(0, n, (n_boot, n))``; the result is the sample
+    standard deviation (ddof = 1) of the statistic over them, for 1-D values, another statistic, and
+    whole rows of 2-D values."""
+    v = np.array([0.3, 1.7, -0.4, 2.2, 0.9, 5.0])
+    idx = np.random.default_rng(4).integers(0, 6, size=(50, 6))
+    assert M.bootstrap_std(v, n_boot=50, seed=4) == pytest.approx(np.std(v[idx].mean(1), ddof=1), rel=1e-12)
+    assert M.bootstrap_std(v, n_boot=50, seed=4, statistic=np.median) == pytest.approx(
+        np.std([np.median(v[i]) for i in idx], ddof=1), rel=1e-12)
+    rows = np.stack([v, v ** 2 + 1], 1)  # (6, 2): a ratio of sums, rows resampled whole
+    ratio = lambda r: r[:, 0].sum() / r[:, 1].sum()  # noqa: E731
+    assert M.bootstrap_std(rows, n_boot=50, seed=4, statistic=ratio) == pytest.approx(
+        np.std([ratio(rows[i]) for i in idx], ddof=1), rel=1e-12)
+    assert M.bootstrap_std(v) == M.bootstrap_std(v, n_boot=1000, seed=0)  # the defaults
+    assert np.isfinite(M.bootstrap_std(v[:2], n_boot=2))  # two examples and two resamples are enough
+    assert math.isnan(M.bootstrap_std(v[:1])) and math.isnan(M.bootstrap_std([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="n_boot must be >= 2, got 1"):
+        M.bootstrap_std(v, n_boot=1)
+    with pytest.raises(ValueError, match=r"expected values as \(n,\) or \(n, d\), got shape \(2, 2, 1\)"):
+        M.bootstrap_std(np.zeros((2, 2, 1)))
+
+
+def test_squared_errors_per_example_and_per_output():
+    pred = torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 3.0]])
+    targets = torch.tensor([[0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    assert M.per_example_squared_error(pred, targets).tolist() == [0.5, 2.5, 4.5]  # mean over the T outputs
+    assert M.per_target_mse(pred, targets).tolist() == pytest.approx([2 / 3, 13 / 3])  # mean over examples
+    assert M.mse(pred, targets) == pytest.approx(7.5 / 3)
+    r2 = M.r2_score(pred, targets)
+    sst = ((targets - targets.mean(0)) ** 2).sum(0).double()
+    assert r2.tolist() == pytest.approx((1 - ((pred - targets) ** 2).sum(0).double() / sst).tolist())
+    assert math.isnan(M.r2_score(pred, torch.ones(3, 2))[0])  # constant targets: undefined
+
+
+def test_sparsity_curve_regression_and_classification():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    logits = torch.stack([torch.zeros(2, 2), labels], 1)  # (B=2, S=2, T=2): nothing, then exact
+    curve = M.sparsity_curve(logits, labels, task="regression")
+    assert curve == {"fractions": [0.5, 1.0], "mse": [pytest.approx(5 / 4), 0.0]}
+    cls = M.sparsity_curve(torch.tensor([[[2.0, 0.0], [0.0, 1.0]]]), torch.tensor([1]), fractions=[0.3, 0.6])
+    assert cls == {"fractions": [0.3, 0.6], "accuracy": [0.0, 1.0]}
+    with pytest.raises(ValueError, match="1 fractions for 2 curve steps"):
+        M.sparsity_curve(logits, labels, fractions=[0.5], task="regression")
+
+
+def test_fidelity_refuses_mismatched_shapes_and_averages_regression_gaps_per_input():
+    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    sums = torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+    ref = torch.tensor([[0.0, 0.5], [0.0, 0.0]])
+    assert M.fidelity(pred, sums, reference=ref, task="regression").tolist() == [0.125, 5.0]
+    with pytest.raises(ValueError, match=r"same shape \(B, C\), got \(2, 2\) and \(2, 1\)"):
+        M.fidelity(pred, sums[:, :1])
+    with pytest.raises(ValueError, match=r"reference \(1, 2\) must have the shape of pred_logits \(2, 2\)"):
+        M.fidelity(pred, sums, reference=ref[:1])
+
+
+def test_path_scores_exact_numbers():
+    ins = np.array([[0.2, 0.6, 1.0], [0.0, 0.5, 1.0]])
+    dele = np.array([[0.8, 0.4, 0.0], [1.0, 0.5, 0.5]])
+    full, empty = np.array([1.0, 2.0]), np.array([0.0, 1.0])
+    reg = M.path_scores(ins, dele, full, empty, "regression")
+    # regression: Σ AUC / Σ |f(x) − f(∅)| over the items, and the mean gap
+    assert reg == {"insertion": pytest.approx((0.6 + 0.5) / 2), "deletion": pytest.approx((0.4 + 2 / 3) / 2),
+                   "gap": pytest.approx(1.0), "insertion_raw": pytest.approx(0.55),
+                   "deletion_raw": pytest.approx((0.4 + 2 / 3) / 2)}
+    cls = M.path_scores(ins, dele, full, empty, "classification")
+    assert cls["insertion"] == pytest.approx((0.6 / 1 + 0.5 / 2) / 2)
+    assert cls["deletion"] == pytest.approx((0.4 / 1 + (2 / 3) / 2) / 2)
+    assert cls["deletion_paper"] == pytest.approx((2 / 3) / 0.5)  # item 0 ends at 0: its ratio is left out
+    assert cls["insertion_paper"] == pytest.approx((0.6 / 1.0 + 0.5 / 1.0) / 2)
+
+
+def test_purity_and_iou_of_a_one_cell_foreground_per_item():
+    masks = torch.tensor([[[True, False], [False, False]], [[True, True], [False, False]]])  # (B=2, 2, 2)
+    fg = torch.tensor([[[True, False], [False, False]], [[False, False], [True, True]]])
+    assert M.purity(masks, fg).tolist() == [1.0, 0.0]  # the one foreground pixel covered / none covered
+    assert M.iou(masks, fg).tolist() == [1.0, 0.0]

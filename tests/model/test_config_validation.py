@@ -74,6 +74,15 @@ def test_a_file_needs_every_required_field_but_the_api_keeps_its_defaults():
     assert SOPConfig.from_dict({"tau": 0.3}).num_groups == 20  # the API: defaults for what is not given
     legacy = {k: v for k, v in full.items() if k != "format_version"}  # written before the version existed
     assert SOPConfig.from_file_dict(legacy) == SOPConfig()
+    # version 0 predates the base value and the candidate schemes: those files computed with b = 0 and
+    # the paper's candidates, and read so without the two fields
+    older = {k: v for k, v in legacy.items() if k not in ("base_value", "candidate_queries")}
+    cfg = SOPConfig.from_file_dict(older)
+    assert cfg.base_value is None and cfg.candidate_queries == "paper"
+    with pytest.raises(ConfigError, match=r"config.json: missing fields \['base_value', 'candidate_queries'\]"):
+        SOPConfig.from_file_dict({**older, "format_version": 1})
+    with pytest.raises(ConfigError, match="config.json: expected a JSON object of SOPConfig fields, got list"):
+        SOPConfig.from_file_dict([])
 
 
 def test_field_descriptions_are_what_users_read():

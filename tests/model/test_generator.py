@@ -1,11 +1,13 @@
 """The pieces of the group generator, each pinned: candidate choice, top-τ with invalid cells, the scale c."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from sumofparts.model.generator import (GroupGenerator, binarise_top_tau, candidate_queries, group_scale,
-                                        lattice_cells, sample_candidates)
+from sumofparts.model.generator import (GroupGenerator, binarise_top_tau, candidate_queries, gaussian_kernel,
+                                        group_scale, lattice_cells, sample_candidates)
 
 
 def test_paper_candidates_are_evenly_spaced_in_head_then_query_order():
@@ -156,3 +158,44 @@ def test_training_heads_take_equal_spans_of_the_steps_in_order():
     assert [cfg.training_head(s, 2) for s in range(2)] == [0, 1]  # fewer steps than heads: head 2 never trained
     assert cfg.training_head(9, 9) == 2  # never past K − 1
     assert SOPConfig(num_heads=3, sequential_heads=False).training_head(5, 9) is None
+
+
+def test_the_default_candidate_scheme_is_the_papers():
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    valid[1, :3] = False
+    for got, want in zip(candidate_queries(valid, 3, 5), candidate_queries(valid, 3, 5, scheme="paper")):
+        assert torch.equal(got, want)
+    attn = torch.rand(2, 3, 16, 16)
+    assert torch.equal(sample_candidates(attn, valid, 5), sample_candidates(attn, valid, 5, scheme="paper"))
+    with pytest.raises(ValueError, match="one of paper, spread, got 'random'"):
+        candidate_queries(valid, 3, 5, scheme="random")
+
+
+def test_sample_candidates_gives_the_spread_rule_its_grid():
+    """On a 4×4 grid the spread queries are the lattice's cells; without the grid they would be the
+    centred ranks of a sequence (other cells)."""
+    attn = torch.rand(1, 2, 16, 16)
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    out = sample_candidates(attn, valid, 4, scheme="spread", grid=(4, 4))
+    cells = lattice_cells((4, 4), 4)
+    assert cells == [5, 7, 13, 15]
+    assert torch.equal(out[0], torch.stack([attn[0, i % 2, c] for i, c in enumerate(cells)]))
+    assert not torch.equal(out, sample_candidates(attn, valid, 4, scheme="spread"))
+
+
+def test_lattice_cells_exact_values():
+    assert lattice_cells((5, 5), 4) == [6, 8, 16, 18]  # a 2×2 lattice: rows and columns ⌊(2r+1)·5/4⌋ = 1, 3
+    assert lattice_cells((2, 4), 8) == list(range(8))  # the lattice is the whole grid (gw = w allowed)
+    assert lattice_cells((1, 8), 4) == [1, 3, 5, 7]  # one row (gh = 1 allowed)
+    assert lattice_cells((2, 2), 6) == [0, 0, 1, 2, 2, 3]  # more groups than cells: ⌊k·4/6⌋, cells repeat
+
+
+def test_gaussian_kernel_values():
+    k = gaussian_kernel(3, 1.0)
+    g = torch.exp(-torch.tensor([1.0, 0.0, 1.0]) / 2)
+    assert torch.allclose(k, torch.outer(g, g) / torch.outer(g, g).sum(), atol=1e-7)
+    assert k.sum().item() == pytest.approx(1.0)
+    k5 = gaussian_kernel(5, 2.0)
+    # centred (symmetric about the middle) and exp(−d²/(2σ²)) from it: edge/centre along a row = exp(−4/8)
+    assert torch.equal(k5, k5.flip(0)) and torch.equal(k5, k5.flip(1))
+    assert (k5[2, 0] / k5[2, 2]).item() == pytest.approx(math.exp(-0.5), rel=1e-6)

@@ -1,6 +1,7 @@
 """The SOP invariants (SPEC §2) on the three backbone families, and the output helpers."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -244,5 +245,88 @@ def test_forward_masks_is_the_forward_given_groups(vit):
     assert torch.allclose(o.logits, o.base_value + o.group_attributions.sum(1), atol=1e-5)
     with pytest.raises(ValueError, match="bool tensor"):
         sop.forward_masks(x, masks.float(), c)
-    with pytest.raises(ValueError, match="scale of shape"):
+    with pytest.raises(ValueError, match=r"scale of shape \(2, 5\) \(B, G\), got \(2, 2\)"):
         sop.forward_masks(x, masks, c[:, :2])
+
+
+def test_the_explained_output_defaults_to_the_prediction_and_regression_asks_for_one():
+    """``target=None``: the predicted class (B = 3 inputs, C = 4 classes); a regression model with several
+    outputs refuses to guess, one with a single output explains it."""
+    from sumofparts.adapters import IdentityHead, TabularAdapter
+    from sumofparts.errors import InputError
+
+    torch.manual_seed(0)
+    sop, x = make("cnn")
+    expl = sop.explain(x)
+    assert expl.logits.shape == (3, 4) and torch.equal(expl.target, expl.logits.argmax(-1))
+    assert torch.equal(sop.explain(x, target=2).target, torch.full((3,), 2))
+    reg, xr = make("cnn", task="regression")
+    with pytest.raises(InputError, match="regression model has 4 outputs: pass target="):
+        reg.explain(xr)
+    single = SumOfParts(TabularAdapter(IdentityHead(torch.nn.Linear(6, 1), 1), num_features=6),
+                        SOPConfig(num_groups=3, num_heads=1, tau=0.5, task="regression"))
+    assert torch.equal(single.explain(torch.randn(2, 6)).target, torch.zeros(2, dtype=torch.long))
+
+
+def test_groups_describe_each_group_for_the_asked_output():
+    sop, x = make("cnn", selector_scale=5.0, generator_scale=1.0)
+    out = sop(x)
+    assert out.groups() == out.groups(0)
+    for index in (0, 2):
+        groups = out.groups(index, target=1)
+        assert sorted(g.index for g in groups) == list(range(out.num_groups))
+        assert [g.weight for g in groups] == sorted(out.group_weights[index, :, 1].tolist(), reverse=True)
+        for g in groups:
+            i = g.index
+            assert g.weight == pytest.approx(out.group_weights[index, i, 1].item())
+            assert g.scale == pytest.approx(out.scale[index, i].item())
+            assert g.logit == pytest.approx(out.group_logits[index, i, 1].item())
+            assert g.attribution == pytest.approx(out.group_attributions[index, i, 1].item())
+            assert g.predicted == int(out.group_logits[index, i].argmax())
+            assert g.cells == torch.nonzero(out.masks[index, i]).flatten().tolist()
+    with pytest.raises(IndexError, match=r"input index must be in \[0, 3\), got 3"):
+        out.groups(3)
+
+
+def test_candidates_follow_the_configured_scheme_on_the_cell_grid():
+    """``candidate_queries="spread"`` on a 4×4 CNN grid: the groups come from the lattice's query cells."""
+    from sumofparts.model.generator import sample_candidates
+
+    sop, x = make("cnn", num_groups=4, num_heads=2, candidate_queries="spread", generator_scale=2.0)
+    valid = sop.backbone.valid_cells(x)
+    with torch.no_grad():
+        probs, _ = sop.candidates(x)
+        attn = sop.generator(x, valid)
+    assert torch.equal(probs, sample_candidates(attn, valid, 4, scheme="spread", grid=(4, 4)))
+    assert not torch.equal(probs, sample_candidates(attn, valid, 4, scheme="paper"))
+
+
+def test_as_many_groups_as_one_heads_candidates_and_checked_heads():
+    sop, x = make("cnn", num_groups=16, num_heads=2)  # N = 16 cells: every query of one head is a group
+    out = sop(x, head=1)
+    assert out.masks.shape == (3, 16, 16)
+    for bad in (True, 1.0, -1, 2):
+        with pytest.raises(ValueError, match=r"head must be in \[0, 2\)"):
+            sop(x, head=bad)
+
+
+def test_trainable_parameters_are_the_generators_and_the_selectors():
+    sop, _ = make("cnn")
+    trainable = {id(p) for p in sop.trainable_parameters()}
+    expected = {id(p) for p in [*sop.generator.parameters(), *sop.selector.parameters()]}
+    assert trainable == expected
+    assert not trainable & {id(p) for p in sop.backbone.parameters()}
+
+
+def test_detach_keeps_every_value_and_drops_the_graph():
+    sop, x = make("vit", generator_scale=0.5)
+    sop.train()
+    out = sop(x, head=0)
+    assert out.logits.requires_grad and out.scale.requires_grad
+    d = out.detach()
+    for f in dataclasses.fields(out):
+        a, b = getattr(out, f.name), getattr(d, f.name)
+        if isinstance(a, torch.Tensor):
+            assert not b.requires_grad and torch.equal(a, b), f.name
+        else:
+            assert a == b
