@@ -183,3 +183,19 @@ def test_adapter_arguments_are_typed_and_unknown_ones_named():
     with pytest.raises(ConfigError, match=r"unknown arguments \['num_group'\]: neither SOPConfig fields .* nor "
                                           r"arguments of ViTAdapter \(drop_patches, generator_layer"):
         SumOfParts.from_backbone(tiny_vit(), adapter="vit", num_group=4)
+
+
+def test_weights_with_missing_or_unexpected_tensors_are_refused_by_name(tmp_path, sop):
+    from sumofparts.errors import CheckpointError
+    from sumofparts.io import save_tensors
+
+    state = sop.state_dict()
+    names = sorted(state)
+    dropped = {k: v for k, v in state.items() if k not in names[:4]}
+    save_tensors(tmp_path / "missing.safetensors", dropped)
+    listed = ", ".join(sorted(names[:4])[:3])  # at most three named
+    with pytest.raises(CheckpointError, match=rf"does not fit this model: 4 missing tensors \(e\.g\. {listed}\)$"):
+        sop.load_weights(tmp_path / "missing.safetensors")
+    save_tensors(tmp_path / "extra.safetensors", {**state, "selector.extra": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"1 unexpected tensors \(e\.g\. selector\.extra\)$"):
+        sop.load_weights(tmp_path / "extra.safetensors")

@@ -199,3 +199,13 @@ def test_gaussian_kernel_values():
     # centred (symmetric about the middle) and exp(−d²/(2σ²)) from it: edge/centre along a row = exp(−4/8)
     assert torch.equal(k5, k5.flip(0)) and torch.equal(k5, k5.flip(1))
     assert (k5[2, 0] / k5[2, 2]).item() == pytest.approx(math.exp(-0.5), rel=1e-6)
+
+
+def test_spread_candidates_on_full_sequences_and_non_square_grids():
+    full = torch.ones(1, 10, dtype=torch.bool)  # a sequence without padding (no grid)
+    head, query = candidate_queries(full, 2, 10, scheme="spread")
+    assert query.tolist() == [list(range(10))]  # as many groups as cells: every cell once, in order
+    assert head.tolist() == [[0, 1] * 5]
+    wide = torch.ones(1, 16, dtype=torch.bool)  # a 2×8 grid
+    _, q = candidate_queries(wide, 1, 4, scheme="spread", grid=(2, 8))
+    assert q.tolist() == [lattice_cells((2, 8), 4)] == [[9, 11, 13, 15]]  # not the ranks 2, 6, 10, 14

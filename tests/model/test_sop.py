@@ -266,6 +266,21 @@ def test_the_explained_output_defaults_to_the_prediction_and_regression_asks_for
     single = SumOfParts(TabularAdapter(IdentityHead(torch.nn.Linear(6, 1), 1), num_features=6),
                         SOPConfig(num_groups=3, num_heads=1, tau=0.5, task="regression"))
     assert torch.equal(single.explain(torch.randn(2, 6)).target, torch.zeros(2, dtype=torch.long))
+    two = SumOfParts(TabularAdapter(IdentityHead(torch.nn.Linear(6, 2), 2), num_features=6),
+                     SOPConfig(num_groups=3, num_heads=1, tau=0.5, task="regression"))
+    with pytest.raises(InputError, match="regression model has 2 outputs"):
+        two.explain(torch.randn(2, 6))
+
+
+def test_groups_with_equal_weights_are_listed_by_attribution():
+    from sumofparts.model.output import SOPOutput
+
+    w = torch.tensor([[[0.5], [0.5], [0.0]]])  # (B=1, G=3, C=1)
+    y = torch.tensor([[[1.0], [3.0], [2.0]]])
+    out = SOPOutput(logits=torch.tensor([[2.0]]), group_logits=y, group_weights=w,
+                    masks=torch.ones(1, 3, 4, dtype=torch.bool), input_masks=torch.ones(1, 3, 4),
+                    scale=torch.ones(1, 3), base_value=torch.zeros(1), task="classification")
+    assert [g.index for g in out.groups(0)] == [1, 0, 2]  # w·c·y: 1.5 before 0.5; the zero weight last
 
 
 def test_groups_describe_each_group_for_the_asked_output():
