@@ -42,7 +42,10 @@ def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Se
 
     task = get_task(task_name)
     sop_over = parse_overrides(sop_set, SOP_CONFIG_FIELDS, "--set", exclude=("backbone",))
-    SOPConfig.from_dict({**task.sop_defaults, **sop_over})
+    fields = {**task.sop_defaults, **sop_over}
+    if fields.get("base_value") == "train_mean":  # resolved from the training data by build_sop
+        fields.pop("base_value")
+    SOPConfig.from_dict(fields)
     train_over = parse_overrides(train_set, TRAIN_CONFIG_FIELDS, "--train-set")
     if steps is not None:
         train_over["steps"] = steps
