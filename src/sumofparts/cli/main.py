@@ -60,7 +60,12 @@ def _check_out(out: Path) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of SOP's initialisation and training batches (default: %(default)s)")
+    p.add_argument("--data-seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of the data (simulation, splits); the committed backbones were trained on "
+                        "data seed 0, and another one can put their training items in the test split "
+                        "(default: %(default)s)")
     p.add_argument("--backbone", default=None, help="which backbone of the task (e.g. vit | cnn for fashion)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache (default: $SOP_CACHE or "
                                                                 "~/.cache/sumofparts)")
@@ -92,7 +97,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     train_over = dataclasses.asdict(tcfg)
     out = args.out or Path("sop-runs") / args.task
     _check_out(out)
-    results = run_task(args.task, out, size=args.size, seed=args.seed, backbone=args.backbone,
+    results = run_task(args.task, out, size=args.size, seed=args.seed, data_seed=args.data_seed,
+                       backbone=args.backbone,
                        cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=sop_over,
                        resume=args.resume, progress=not args.no_progress,
                        command="sop " + " ".join(shlex.quote(a) for a in args.argv),
@@ -120,6 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or Path("sop-runs") / args.task / "sop"
     _check_out(out)
     sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
+                          data_seed=args.data_seed,
                           backbone=args.backbone, sop_overrides=sop_over, progress=not args.no_progress)
     res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress,
                 device=device, allow_config_change=args.allow_config_change)
