@@ -9,7 +9,12 @@ for a few epochs in which half of each batch keeps only a random fraction (unifo
 back to src/sumofparts/weights/ (fashion_vit.*). Large pretrained ViTs are partly robust to
 such masking already; this gives the small one the same property.
 
-    python scripts/finetune_fashion_vit_masked.py [--epochs 3] [--threads 1]
+This is step 2 of the committed ViT's chain (scripts/make_backbones.sh), kept so that the chain
+can be re-run; the library's `sop robust-finetune` (sumofparts.training.robust) does this and
+more (dropped patches, distillation, groups shaped like SOP's) for every family, and makes the
+steps after it.
+
+    python scripts/finetune_fashion_vit_masked.py [--epochs 3] [--threads 1] [--weights PATH]
 """
 from __future__ import annotations
 
@@ -48,11 +53,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", type=Path, default=WEIGHTS,
+                    help="ViT weights to fine-tune in place (+ .json sidecar); default: the committed ones")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = FashionTask()
     data = task.load_data(default_cache_dir(), progress=False)
-    model = task.load_backbone(data, default_cache_dir(), backbone="vit", train_if_missing=False, progress=False)
+    model = task.load_backbone(data, default_cache_dir(), backbone=str(args.weights), train_if_missing=False,
+                              progress=False)
     for p in model.parameters():
         p.requires_grad_(True)
     before = {"clean": evaluate_accuracy(model, data.test), "keep_0.2": masked_accuracy(model, data.test, 0.2),
@@ -89,10 +97,10 @@ def main() -> None:
     after = {"clean": evaluate_accuracy(model, data.test), "keep_0.2": masked_accuracy(model, data.test, 0.2),
              "keep_0.5": masked_accuracy(model, data.test, 0.5)}
     print("after:", after)
-    save_tensors(WEIGHTS, model.state_dict())
-    side = WEIGHTS.with_suffix(".json")
+    save_tensors(args.weights, model.state_dict())
+    side = args.weights.with_suffix(".json")
     info = read_json(side)
-    info["weights_sha256"] = _file_sha256(WEIGHTS)
+    info["weights_sha256"] = _file_sha256(args.weights)
     info["test_accuracy"] = after["clean"]
     info["masked_finetune"] = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed,
                                "keep_fraction": "U(0.1, 0.7) on half of each batch", "cpu_seconds":

@@ -305,7 +305,10 @@ def test_task_registry_backbone_and_adapter(small, tmp_path):
     from sumofparts.model import SOPConfig
     from sumofparts.training import TrainConfig
 
-    assert SOPConfig.from_dict(task.sop_defaults).task == "regression"
+    # the base value is the training mean of the targets, resolved from the data by build_sop
+    assert task.sop_defaults["base_value"] == "train_mean"
+    fields = {k: v for k, v in task.sop_defaults.items() if k != "base_value"}
+    assert SOPConfig.from_dict(fields).task == "regression"
     assert TrainConfig.from_dict(task.train_defaults).batch_size == 16
     with pytest.raises(FileNotFoundError, match="no cosmology backbone"):
         task.load_backbone(data, tmp_path, train_if_missing=False)
@@ -317,11 +320,17 @@ def test_task_registry_backbone_and_adapter(small, tmp_path):
 def test_committed_weights_match_the_default_data(small, tmp_path):
     assert cm.COMMITTED_WEIGHTS.is_file(), "the cosmology CNN's weights are committed with the package"
     side = read_json(cm.COMMITTED_WEIGHTS.with_suffix(".json"))
-    # retrain (scripts/train_cosmology_backbone.py) whenever the simulator changes
+    # re-make (bash scripts/make_backbones.sh cosmology) whenever the simulator changes
     assert side["data_hash"] == SIZES["default"].content_hash()
-    for key in ("seed", "epochs", "val", "test", "command"):
+    for key in ("seed", "epochs", "val", "test", "command", "chain"):
         assert key in side
     assert side["test"]["mse"] < 0.01 and min(side["test"]["r2_per_output"]) > 0.6
+    # the committed CNN is group-robust: shown one random 20 % group of cells it still predicts
+    # both parameters (the whole-map CNN it starts from: R² Omega_m -3.5 on such groups)
+    after = side["robust_step_2"]["after"]["test"]
+    assert min(after["groups/zero"]["r2_per_output"]) > 0.5
+    assert min(after["mean of 20 groups/zero"]["r2_per_output"]) > 0.75
+    assert side["scratch"]["command"].startswith("python scripts/train_cosmology_backbone.py")
     data, _ = small
     model = CosmologyTask().load_backbone(data, tmp_path, backbone="committed")
     assert isinstance(model, CosmoCNN) and not model.training

@@ -144,9 +144,15 @@ def test_committed_weights_load_and_reach_recorded_accuracy(kind, small, tmp_pat
         assert key in info
     if kind == "vit":
         assert info["vit_config"]["patch_size"] == 4 and info["vit_config"]["image_size"] == 32
+        # the committed ViT is group-robust (scripts/make_backbones.sh): shown one random group of
+        # 20 % of its patches (the others dropped), it is right far above the 10 % of chance
+        after = info["robust_step_2"]["after"]["test"]
+        assert after["groups/drop"]["accuracy"] > 0.5 and after["mean of 20 groups/drop"]["accuracy"] > 0.7
     model = FashionTask().load_backbone(small, tmp_path, backbone=kind, train_if_missing=False)
     assert not model.training and all(not p.requires_grad for p in model.parameters())
     assert not list(tmp_path.iterdir())  # nothing was trained or cached
+    if kind == "vit":  # SOP's groups drop the other patches, the mode the ViT was made robust to
+        assert FashionTask().make_adapter(model).drop_patches
     raw, labels, _ = fm.load_raw("test")
     test = fm.FashionDataset(fm.preprocess(raw[:500]), torch.from_numpy(labels[:500].copy()),
                              "test", np.arange(500))

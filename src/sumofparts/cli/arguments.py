@@ -128,7 +128,10 @@ def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Se
 
     task = get_task(task_name)
     sop_over = parse_overrides(sop_set, SOP_CONFIG_FIELDS, "--set", exclude=("backbone",))
-    SOPConfig.from_dict({**task.sop_defaults, **sop_over})
+    fields = {**task.sop_defaults, **sop_over}
+    if fields.get("base_value") == "train_mean":  # resolved from the training data by build_sop
+        fields.pop("base_value")
+    SOPConfig.from_dict(fields)
     train_over = parse_overrides(train_set, TRAIN_CONFIG_FIELDS, "--train-set")
     if steps is not None:
         train_over["steps"] = steps
@@ -137,7 +140,12 @@ def resolve_configs(task_name: str, sop_set: Sequence[str] | None, train_set: Se
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="default", help="data size: default | small (default: %(default)s)")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of SOP's initialisation and training batches (default: %(default)s)")
+    p.add_argument("--data-seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of the data (simulation, splits); the committed backbones were trained on "
+                        "data seed 0, and another one can put their training items in the test split "
+                        "(default: %(default)s)")
     p.add_argument("--backbone", default=None, help="which backbone of the task (e.g. vit | cnn for fashion)")
     p.add_argument("--cache-dir", type=Path, default=None, help="data/backbone cache (default: $SOP_CACHE or "
                                                                 "~/.cache/sumofparts)")

@@ -20,8 +20,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     train_over = dataclasses.asdict(tcfg)
     out = args.out or run_dir(args.task)
     check_out(out)
-    results = run_task(args.task, out, size=args.size, seed=args.seed, backbone=args.backbone,
-                       cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=sop_over,
+    results = run_task(args.task, out, size=args.size, seed=args.seed, data_seed=args.data_seed,
+                       backbone=args.backbone, cache_dir=args.cache_dir, train_overrides=train_over, sop_overrides=sop_over,
                        resume=args.resume, progress=not args.no_progress,
                        command="sop " + " ".join(shlex.quote(a) for a in args.argv),
                        eval_n=args.eval_n, eval_methods=args.methods, report=not args.no_report,

@@ -25,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or sop_dir(args.task)
     check_out(out)
     sop, data = build_sop(args.task, cache_dir=args.cache_dir, size=args.size, seed=args.seed,
-                          backbone=args.backbone, sop_overrides=sop_over, progress=not args.no_progress)
+                          data_seed=args.data_seed, backbone=args.backbone, sop_overrides=sop_over, progress=not args.no_progress)
     res = train(sop, data.train, data.val, cfg, out, resume=args.resume, progress=not args.no_progress,
                 device=device, allow_config_change=args.allow_config_change)
     if args.distributed:
