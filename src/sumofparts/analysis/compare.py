@@ -184,7 +184,7 @@ def compare_models(a: ModelView, b: ModelView | None, inputs: Inputs, *, layers_
         raise InputError(f"the two models' representations hold different numbers of examples "
                          f"({sorted(na)} and {sorted(nb)}); they must be read on the same inputs")
     n = na.pop()
-    kw = {"sigma": sigma, "keep_variance": keep_variance, "max_dims": max_dims}
+    kw: dict[str, Any] = {"sigma": sigma, "keep_variance": keep_variance, "max_dims": max_dims}
     prepared: dict[int, S.Prepared] = {}
     bar = tqdm(total=len(acts_a) + (0 if acts_b is acts_a else len(acts_b)), desc="kernels and SVDs", unit="layer",
                disable=not progress, leave=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -173,8 +173,10 @@ class BagNetMethod(AttributionMethod):
         if model is None:
             if train_data is None:
                 raise InputError("the 'bagnet' method needs model= a trained BagNetModel, or train_data= to train one")
-            shape = adapter.input_shape
-            model = BagNetModel(shape[0], adapter.num_outputs, tuple(shape[1:]), adapter.cell_grid, width=width,
+            # the method requires cell_grid and image_input: both are set
+            channels, height, width_ = cast(tuple[int, int, int], adapter.input_shape)
+            grid = cast(tuple[int, int], adapter.cell_grid)
+            model = BagNetModel(channels, adapter.num_outputs, (height, width_), grid, width=width,
                                 depth=depth, seed=seed)
             model.fit(train_data, steps, seed=seed, progress=progress)
         if not isinstance(model, BagNetModel):

@@ -33,7 +33,7 @@ metrics can say about such a map is listed by :meth:`NeuronMethod.inapplicable_m
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ class _InternalMethod(CaptumMethod):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, adapter={type(self.adapter).__name__}, layer={self.layer_name!r})"
 
-    def _prepare(self, inputs: Inputs, target: Any) -> torch.Tensor | None:
+    def _prepare(self, inputs: Inputs, target: Any) -> torch.Tensor | None:  # type: ignore[override]  # None: no target
         if target is None and not self.requires_target:
             self.adapter.validate(inputs)
             return None
@@ -190,7 +190,7 @@ class LayerMethod(_InternalMethod):
         m = self._map(inputs, t, **kwargs)
         if self.positions == 1:
             return m.to(torch.float32)
-        cells = area_resample(m.to(torch.float64), self.adapter.cell_grid)
+        cells = area_resample(m.to(torch.float64), cast(tuple[int, int], self.adapter.cell_grid))  # positions 2: a grid
         return cells.reshape(cells.shape[0], -1).to(torch.float32)
 
 

@@ -250,7 +250,7 @@ class RISE(AttributionMethod):
             return sal * self.adapter.valid_cells(inputs).to(sal.dtype)
         x = inputs
         C, H, W = x.shape[1:]
-        masks = rise_masks(n, self.grid, (H, W), self.p, g).to(x.device, x.dtype)  # (n, H, W)
+        masks = rise_masks(n, cast(tuple[int, int], self.grid), (H, W), self.p, g).to(x.device, x.dtype)  # (n, H, W)
         score = torch.empty(B, n, dtype=x.dtype, device=x.device)
         flat_b = torch.arange(B, device=x.device).repeat_interleave(n)
         flat_i = torch.arange(n, device=x.device).repeat(B)

@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def _own_model_options(names: list[str], options: dict[str, dict[str, Any]], sop
                 continue  # the plan reports why the method is skipped
             if path is not None:
                 method.save_own_model(path)
-            options[name] = {**kept, "model": method.model}
+            options[name] = {**kept, "model": cast(Any, method).model}  # a method that trains its own model
             _barrier(dist)
             continue
         _barrier(dist)

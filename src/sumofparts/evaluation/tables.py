@@ -314,7 +314,7 @@ def build_tables(task: str, kind: str, values: dict[str, dict[str, np.ndarray]],
         faithfulness.append(row)
         if reasons.keys() & {"insertion", "deletion"}:
             continue  # its curves say nothing about it either
-        curves[key] = {"label": f"{entry.faithfulness_row} ({entry.protocol.split(';')[0]})"
+        curves[key] = {"label": f"{entry.faithfulness_row} ({str(entry.protocol).split(';')[0]})"
                        if entry.role.startswith("sop") else entry.faithfulness_row, **_mean_curves(vals, kind, steps, y)}
     columns_acc = ["method", metric, f"{metric}_std"]
     if kind == "regression":

@@ -139,7 +139,7 @@ def fit_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
-            postfix: dict[str, Any] = {score: f"{value_now:.4f}", "best": f"{result.best_score:.4f}"}
+            postfix: dict[str, Any] = {str(score): f"{value_now:.4f}", "best": f"{result.best_score:.4f}"}
             bar.set_postfix(epoch=epoch, **postfix)
             if patience is not None and bad >= patience:
                 break
