@@ -29,8 +29,8 @@ def test_ruff_finds_nothing():
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (pip install -e .[test])")
 def test_mypy_finds_nothing(request, tmp_path_factory):
-    cache = request.config.cache.mkdir("mypy") if request.config.cache is not None else \
-        tmp_path_factory.mktemp("mypy-cache")
+    pytest_cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    cache = pytest_cache.mkdir("mypy") if pytest_cache is not None else tmp_path_factory.mktemp("mypy-cache")
     result = _run(["mypy", "--cache-dir", str(cache)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
