@@ -336,3 +336,19 @@ def test_committed_weights_match_the_default_data(small, tmp_path):
     assert pred.shape == (len(data.test), 2) and torch.isfinite(pred).all()
     # the committed backbone generalises to the small data's (unseen) cosmologies
     assert float(((pred - data.test.targets) ** 2).mean()) < 0.02
+
+
+def test_train_mean_base_value_is_resolved_from_the_training_targets(small):
+    from sumofparts.errors import ConfigError
+    from sumofparts.pipeline import build_sop
+
+    kw = dict(cache_dir=small[1], size="small", progress=False)
+    sop, data = build_sop("cosmology", sop_overrides={"base_value": "train_mean", "num_groups": 4}, **kw)
+    expected = data.train.targets.double().mean(0)
+    assert torch.allclose(torch.tensor(sop.config.base_value, dtype=torch.float64), expected)
+    out = sop(data.test.inputs[:3])
+    # the explanation is exact with the base: prediction = b + Σ group attributions
+    recon = torch.tensor(sop.config.base_value) + out.group_attributions.sum(1)
+    assert torch.allclose(out.logits, recon, atol=1e-5)
+    with pytest.raises(ConfigError, match="regression"):
+        build_sop("synthetic", sop_overrides={"base_value": "train_mean"}, **kw)
