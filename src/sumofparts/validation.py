@@ -205,6 +205,14 @@ def check_value(name: str, value: Any, spec: Field, *, where: str = "") -> Any:
     return out
 
 
+def reject_unknown_keys(data: Mapping[str, Any], known: Iterable[str], name: str) -> None:
+    """Refuse keys of ``data`` that are not fields of the config ``name``, naming them and the known ones."""
+    known = set(known)
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown {name} keys {unknown}; expected some of {sorted(known)}")
+
+
 def check_fields(values: Mapping[str, Any], table: Mapping[str, Field], *, where: str = "",
                  require: bool = False, allow_unknown: bool = False) -> dict[str, Any]:
     """Check every entry of ``values`` against ``table``; return the normalised dict.

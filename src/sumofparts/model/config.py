@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
-from ..validation import Field, check_fields, check_value
+from ..validation import Field, check_fields, check_value, reject_unknown_keys
 
 __all__ = ["SOPConfig", "SOP_CONFIG_FIELDS", "FORMAT_VERSION"]
 
@@ -127,9 +127,7 @@ class SOPConfig:
         data = dict(data)
         if "format_version" in data:
             _check_version(data.pop("format_version"), "")
-        unknown = sorted(str(k) for k in data if k not in SOP_CONFIG_FIELDS)
-        if unknown:
-            raise ConfigError(f"unknown SOPConfig keys {unknown}; expected some of {sorted(SOP_CONFIG_FIELDS)}")
+        reject_unknown_keys(data, SOP_CONFIG_FIELDS, "SOPConfig")
         return cls(**data)
 
     @classmethod

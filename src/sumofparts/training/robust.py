@@ -56,7 +56,7 @@ from ..adapters.base import BackboneAdapter
 from ..errors import ConfigError, InputError
 from ..ops import cell_counts, random_cell_masks, top_cells
 from .sop import _to, evaluate_model, iterate_batches
-from ..validation import Field, check_value
+from ..validation import Field, check_value, reject_unknown_keys
 
 __all__ = ["RobustConfig", "ROBUST_CONFIG_FIELDS", "RobustResult", "robust_finetune", "masked_predictor",
            "score_backbone"]
@@ -145,9 +145,7 @@ class RobustConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RobustConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"expected a dict of RobustConfig fields, got {type(data).__name__}")
-        unknown = sorted(str(k) for k in data if k not in ROBUST_CONFIG_FIELDS)
-        if unknown:
-            raise ConfigError(f"unknown RobustConfig keys {unknown}; expected some of {sorted(ROBUST_CONFIG_FIELDS)}")
+        reject_unknown_keys(data, ROBUST_CONFIG_FIELDS, "RobustConfig")
         return cls(**data)
 
 

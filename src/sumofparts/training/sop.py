@@ -51,7 +51,7 @@ from ..io import (atomic_directory, atomic_write_json, directory_lock, load_tens
 from ..model import SOPConfig, SumOfParts
 from ..model.sop import CONFIG_NAME, WEIGHTS_NAME
 from ..ops import seeded
-from ..validation import Field, check_fields, check_value
+from ..validation import Field, check_fields, check_value, reject_unknown_keys
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_model", "iterate_batches", "lr_factor",
            "TRAIN_CONFIG_FIELDS", "RESUME_INERT_FIELDS", "check_targets"]
@@ -118,10 +118,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"expected a dict of TrainConfig fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig keys {unknown}; expected some of {sorted(known)}")
+        reject_unknown_keys(data, {f.name for f in dataclasses.fields(cls)}, "TrainConfig")
         return cls(**data)
 
 
