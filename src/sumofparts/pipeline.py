@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import ResumeError
 from .io import atomic_write_json, atomic_write_text
 from .model import SOPConfig, SumOfParts
 from .ops import seeded
@@ -99,6 +100,8 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
     the evaluation tables (``out_dir/evaluation/``, unless ``eval_n`` is 0) and the HTML report
     (unless ``report`` is False), and returns the results dict. ``allow_config_change``: with
     ``resume``, continue a run whose saved configuration differs (see :func:`~sumofparts.training.train`).
+    ``resume`` also continues an interrupted evaluation from its shards (``out_dir/evaluation/shards``);
+    shards of an evaluation with other settings are refused, or replaced with ``allow_config_change``.
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -150,8 +153,14 @@ def run_task(task_name: str, out_dir: str | Path, *, size: str = "default", seed
     if eval_n:
         from .evaluation import evaluate_task
 
-        tables = evaluate_task((sop, data), methods=eval_methods, n=min(eval_n, len(data.test)), seed=seed,
-                               out_dir=out_dir / "evaluation", progress=progress, command=command)
+        eval_kw = dict(methods=eval_methods, n=min(eval_n, len(data.test)), seed=seed,
+                       out_dir=out_dir / "evaluation", progress=progress, command=command)
+        try:  # an interrupted run also continues its evaluation from the shards it wrote
+            tables = evaluate_task((sop, data), resume=resume, **eval_kw)
+        except ResumeError:
+            if not allow_config_change:
+                raise
+            tables = evaluate_task((sop, data), resume=False, **eval_kw)  # other settings: start it over
         results["evaluation"] = {"accuracy": tables.accuracy, "faithfulness": tables.faithfulness,
                                  "notes": tables.notes, "files": {k: str(v) for k, v in tables.paths.items()}}
         results.setdefault("after", []).append(tables.markdown())

@@ -123,3 +123,37 @@ def test_a_real_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "build_sop", bug)
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["train", "--task", "synthetic", "--size", "small", "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_sop_run_resume_continues_the_evaluation_from_its_shards(tmp_path, capsys, monkeypatch):
+    from sumofparts.evaluation import evaluate as evaluate_module
+
+    out = tmp_path / "run"
+    args = ["run", "synthetic", "--size", "small", "--steps", "6", "--eval-n", "16", "--methods", "sop",
+            "gradxinput", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--threads", "1"]
+    assert main(args) == 0
+    first = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    shards = sorted((out / "evaluation" / "shards").glob("batch-*.safetensors"))
+    assert shards  # as if the run had been stopped after these shards were written
+    real = evaluate_module.evaluate_batch
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(a[2].index)
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_batch", counting)
+    assert main([*args, "--resume"]) == 0
+    assert calls == []  # every batch comes from its shard; nothing is computed again
+    again = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert again["batches_resumed"] == len(shards)
+    assert again["accuracy"] == first["accuracy"] and again["faithfulness"] == first["faithfulness"]
+    # other evaluation settings cannot take over these shards, unless the change is allowed
+    capsys.readouterr()
+    changed = [*args[:7], "12", *args[8:]]
+    assert main([*changed, "--resume"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+    calls.clear()
+    assert main([*changed, "--resume", "--allow-config-change"]) == 0
+    assert calls == list(range(len(shards)))  # started over

@@ -154,7 +154,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override SOP config fields, e.g. --set tau=0.2 num_groups=20")
     p.add_argument("--train-set", dest="train_set", nargs="*", metavar="KEY=VALUE",
                    help="override training fields, e.g. --train-set lr=1e-3 batch_size=32")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted SOP training in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: its SOP training, then its evaluation from the shards")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue even though the configuration differs from the saved run's")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
