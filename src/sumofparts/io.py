@@ -43,6 +43,7 @@ __all__ = [
     "load_tensors",
     "read_json",
     "content_hash",
+    "weights_hash",
     "file_digest",
     "tensor_metadata",
     "directory_lock",
@@ -380,6 +381,16 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A SHA-256 (16 hex digits) of a module's state dict (names, shapes, dtypes' bytes), any dtype."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def content_hash(obj: Any) -> str:

@@ -1,12 +1,15 @@
 """Group-robust fine-tuning (sumofparts.training.robust)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import text_batch, tiny_bert, tiny_vit
 from torch.utils.data import TensorDataset
 
 from sumofparts.adapters import BertAdapter, CNNAdapter, ViTAdapter
+from sumofparts.errors import ResumeError
 from sumofparts.training.robust import RobustConfig, masked_predictor, robust_finetune
 from sumofparts.tasks.synthetic import BarsCNN, fit_classifier
 
@@ -138,3 +141,75 @@ def test_the_loss_on_a_mean_of_groups_undoes_the_shrinkage_that_single_groups_le
     slope8, mse8 = slope_and_mse(8)
     assert slope1 < 0.75 and slope8 > slope1 + 0.12  # measured 0.70 and 0.89
     assert mse8 < mse1
+
+
+def _noisy(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return x + 0.05 * torch.randn(x.shape, generator=gen)  # draws from the run's generator, like a real augmentation
+
+
+def test_an_interrupted_robust_finetune_resumes_to_the_same_weights(bars, tmp_path):
+    train, val, trained = bars
+    cfg = RobustConfig(epochs=2, batch_size=64, lr=2e-3, tau=0.25, similar_fraction=0.5, seed=3)
+
+    def fresh() -> CNNAdapter:
+        model = BarsCNN()
+        model.load_state_dict(trained.state_dict())
+        return CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(4, 4))
+
+    ref_adapter = fresh()
+    ref = robust_finetune(ref_adapter, train, val, cfg, augment=_noisy, progress=False)
+
+    calls = []
+
+    def interrupting(x, gen):
+        calls.append(1)
+        if len(calls) == 23:  # step 23 of 36 (the epoch checkpoint at 18 was written before)
+            raise KeyboardInterrupt
+        return _noisy(x, gen)
+
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        robust_finetune(fresh(), train, val, cfg, augment=interrupting, progress=False, checkpoint_dir=ck)
+    state = json.loads((ck / "last" / "robust_state.json").read_text())
+    assert state["step"] == 22  # the state after the last complete step, written on the interrupt
+    adapter = fresh()  # the original backbone again: the teacher and the group shapes come from it
+    res = robust_finetune(adapter, train, val, cfg, augment=_noisy, progress=False, checkpoint_dir=ck, resume=True)
+    for (name, a), b in zip(ref_adapter.model.state_dict().items(), adapter.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert res.history == ref.history and res.before == ref.before and res.after == ref.after
+
+    # what cannot be resumed says why
+    with pytest.raises(ResumeError, match="recipe differs.*lr: 0.002 -> 0.001"):
+        robust_finetune(fresh(), train, val, RobustConfig(**{**cfg.to_dict(), "lr": 1e-3}), progress=False,
+                        checkpoint_dir=ck, resume=True)
+    with pytest.raises(ResumeError, match="not the one the interrupted run started from"):
+        robust_finetune(adapter, train, val, cfg, progress=False, checkpoint_dir=ck, resume=True)
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        robust_finetune(fresh(), train, val, cfg, progress=False, checkpoint_dir=tmp_path / "none", resume=True)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        robust_finetune(fresh(), train, val, cfg, progress=False, resume=True)
+
+
+def test_sop_robust_finetune_writes_a_backbone_that_loads_and_removes_its_checkpoint(tmp_path, capsys):
+    from sumofparts.cli import main
+    from sumofparts.tasks import get_task
+
+    out = tmp_path / "robust.safetensors"
+    common = ["robust-finetune", "synthetic", "--size", "small", "--cache-dir", str(tmp_path / "cache"),
+              "--out", str(out), "--no-progress", "--threads", "1"]
+    assert main([*common, "--resume"]) == 2  # nothing to resume yet
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main([*common, "--epochs", "1", "--set", "batch_size=64", "tau=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "| val | groups/zero |" in printed and str(out) in printed
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["command"].startswith("sop robust-finetune synthetic") and side["robust_finetune"]["config"]["tau"] == 0.25
+    assert not out.with_suffix(".checkpoint").exists()  # the weights are written: nothing is left to resume
+    task = get_task("synthetic")
+    data = task.load_data(tmp_path / "cache", size="small", progress=False)
+    model = task.load_backbone(data, tmp_path / "cache", backbone=str(out), progress=False)
+    plain = task.load_backbone(data, tmp_path / "cache", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+    # a task that cannot save its backbone is refused before any training
+    assert main(["robust-finetune", "imagenet-s", "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
+    assert "cannot save a fine-tuned backbone" in capsys.readouterr().err

@@ -11,29 +11,15 @@ built from all shards in batch order, so they do not depend on how many processe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import ResumeError
-
-from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from ..io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors, weights_hash
 from .runner import BatchResult
 
 __all__ = ["ShardStore", "weights_hash"]
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    """A SHA-256 (16 hex digits) of a module's state dict (names, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class ShardStore:

@@ -9,6 +9,7 @@ train end to end and the task the fast tests use; the paper's domains are the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from ..adapters.registry import register_backbone
 from ..errors import ConfigError, MissingFileError
-from ..io import content_hash, load_tensors, save_tensors
+from ..io import atomic_write_json, content_hash, load_tensors, save_tensors
 from ..validation import Field
 from ..ops import seeded
 from .base import Task, TaskData, register_task
@@ -110,8 +111,12 @@ class SyntheticTask(Task):
 
     def load_backbone(self, data: TaskData, cache_dir: Path, *, backbone: str | None = None,
                       train_if_missing: bool = True, progress: bool = True) -> nn.Module:
+        if backbone is not None and str(backbone).endswith(".safetensors"):  # e.g. a robust fine-tune's output
+            self.load_backbone(data, cache_dir, train_if_missing=train_if_missing, progress=progress)
+            return self.load_backbone_weights(data, cache_dir, Path(backbone))
         if backbone not in (None, "cnn"):
-            raise ConfigError(f"the synthetic task has one backbone, 'cnn'; got {backbone!r}")
+            raise ConfigError(f"the synthetic task has one backbone, 'cnn' (or a .safetensors file of its weights); "
+                              f"got {backbone!r}")
         key = content_hash({"task": self.name, "meta": data.meta, "model": "BarsCNN-v2"})
         path = Path(cache_dir) / "backbones" / f"synthetic-cnn-{key}.safetensors"
         with seeded(int(data.meta.get("seed", 0))):  # the initial weights, before training
@@ -125,6 +130,12 @@ class SyntheticTask(Task):
         fit_classifier(model, x, y, epochs=max(8, 12000 // len(x)), progress=progress)
         save_tensors(path, model.state_dict())
         return model.eval()
+
+    def save_backbone(self, model: nn.Module, data: TaskData, path: Path, record: dict[str, Any]) -> Path:
+        path = Path(path)
+        save_tensors(path, model.state_dict())
+        atomic_write_json(path.with_suffix(".json"), {**record, "data_meta": data.meta})
+        return path
 
     def make_adapter(self, model: nn.Module):
         from ..adapters import CNNAdapter

@@ -45,6 +45,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,9 +54,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..adapters.base import BackboneAdapter
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, ResumeError
+from ..io import (atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, recover_directory,
+                  save_tensors, weights_hash)
 from ..ops import cell_counts, random_cell_masks, top_cells
-from .sop import _to, evaluate_model, iterate_batches
+from .sop import _InterruptGuard, _load_optimizer_checked, _optimizer_tensors, _to, evaluate_model, iterate_batches
 from ..validation import Field, check_value, reject_unknown_keys
 
 __all__ = ["RobustConfig", "ROBUST_CONFIG_FIELDS", "RobustResult", "robust_finetune", "masked_predictor",
@@ -250,7 +253,8 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
                     task: str = "classification", test: Dataset | None = None,
                     trainable: Sequence[str] | None = None,
                     augment: Callable[[Any, torch.Generator], Any] | None = None,
-                    progress: bool = True) -> RobustResult:
+                    progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                    checkpoint_every: int = 0) -> RobustResult:
     """Fine-tune ``adapter``'s backbone in place on random groups of cells (see the module docs).
 
     Args:
@@ -263,6 +267,13 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
         augment: ``augment(inputs, generator) -> inputs``, applied to each training batch before
             the views are made (e.g. the task's own augmentation: rotations of isotropic maps).
         progress: a progress bar over the steps.
+        checkpoint_dir: where to keep the state of an unfinished run (``checkpoint_dir/last``,
+            written atomically every ``checkpoint_every`` steps (0: once per epoch) and when the run
+            is interrupted by Ctrl-C), so that ``resume=True`` continues it exactly: the same
+            weights at the end as an uninterrupted run. The directory is locked while in use.
+        resume: continue the run saved in ``checkpoint_dir``. The adapter must hold the *original*
+            backbone (the distillation teacher and the group shapes come from it; checked by a hash
+            of its weights), and the config and trained parameters must be the saved run's.
 
     Returns:
         :class:`RobustResult` with the scores before and after and the loss history.
@@ -270,6 +281,26 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
     cfg = config or RobustConfig()
     if task not in ("classification", "regression"):
         raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
+    if int(checkpoint_every) < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0 (0: once per epoch), got {checkpoint_every}")
+    if checkpoint_dir is None:
+        if resume:
+            raise ConfigError("resume=True needs the checkpoint_dir of the interrupted run")
+        return _robust_finetune(adapter, train, val, cfg, task=task, test=test, trainable=trainable, augment=augment,
+                                progress=progress, checkpoint_dir=None, resume=False, checkpoint_every=0)
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(checkpoint_dir, "a robust fine-tune"):
+        return _robust_finetune(adapter, train, val, cfg, task=task, test=test, trainable=trainable, augment=augment,
+                                progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+                                checkpoint_every=int(checkpoint_every))
+
+
+def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg: RobustConfig, *, task: str,
+                     test: Dataset | None, trainable: Sequence[str] | None,
+                     augment: Callable[[Any, torch.Generator], Any] | None, progress: bool,
+                     checkpoint_dir: Path | None, resume: bool, checkpoint_every: int) -> RobustResult:
+    """The body of :func:`robust_finetune` (with its checkpoint directory locked, if any)."""
     modes = tuple(cfg.modes) if cfg.modes else tuple(adapter.masking_modes)
     for mode in modes:
         adapter.check_masking_mode(mode)
@@ -288,7 +319,10 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
                                      max_items=cfg.eval_items, mean_of=cfg.eval_groups, shape_encoder=shape_encoder)
                 for name, ds in splits.items()}
 
-    before = scores()
+    source_hash = weights_hash(model)  # the original backbone: a resumed run must start from the same one
+    last_dir = checkpoint_dir / "last" if checkpoint_dir is not None else None
+    saved = _read_robust_state(last_dir, cfg, source_hash) if resume and last_dir is not None else None
+    before = saved["before"] if saved is not None else scores()
     for p in teacher.parameters():
         p.requires_grad_(False)
     named = _parameters(model, trainable)
@@ -307,9 +341,44 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
         raise InputError(f"the training set has {len(train)} items, fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_frac * total))
+
+    def lr_multiplier(s: int) -> float:  # linear warm-up, then cosine to 0
+        return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier)
+    start, running, history, elapsed = 0, None, [], 0.0
+    if saved is not None:
+        names = [n for n, _ in named]
+        if saved["state"]["trained_parameters"] != names:
+            raise ResumeError(f"cannot resume {checkpoint_dir}: the interrupted run trained other parameters "
+                              f"({len(saved['state']['trained_parameters'])} named, this run {len(names)})")
+        own = dict(named)
+        for name, t in saved["weights"].items():
+            if name not in own or tuple(t.shape) != tuple(own[name].shape) or t.dtype != own[name].dtype:
+                raise ResumeError(f"cannot resume: {last_dir}/weights.safetensors tensor {name!r} does not fit the "
+                                  "backbone's parameter of that name (missing, or another shape or dtype)")
+        with torch.no_grad():
+            for name, t in saved["weights"].items():
+                own[name].copy_(t)
+        _load_optimizer_checked(opt, saved["optimizer"], saved["state"]["optimizer"], last_dir / "optimizer.safetensors")
+        start = saved["state"]["step"]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s + start))
+        gen.set_state(saved["generator"])
+        running, history, elapsed = saved["state"]["running"], saved["state"]["history"], saved["state"]["seconds"]
+    every = checkpoint_every or steps_per_epoch
+
+    def save_state(step: int) -> None:
+        assert last_dir is not None
+        tensors, meta = _optimizer_tensors(opt)
+        with atomic_directory(last_dir) as tmp:
+            save_tensors(tmp / "weights.safetensors", {n: p.detach() for n, p in named})
+            save_tensors(tmp / "optimizer.safetensors", {**tensors, "rng.torch": torch.get_rng_state(),
+                                                         "rng.generator": gen.get_state()})
+            atomic_write_json(tmp / "robust_state.json", {
+                "step": step, "total": total, "running": running, "history": history, "before": before,
+                "config": cfg.to_dict(), "source_weights": source_hash, "optimizer": meta,
+                "trained_parameters": [n for n, _ in named], "seconds": elapsed + time.perf_counter() - t0})
 
     def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if task == "regression":
@@ -321,13 +390,16 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
             return nn.functional.mse_loss(out / y_std, ref / y_std)
         return nn.functional.kl_div(out.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")
 
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="robust fine-tune", disable=not progress, dynamic_ncols=True)
-    running = None
+    bar = tqdm(total=total, initial=start, desc="robust fine-tune", disable=not progress, dynamic_ncols=True)
+    guard = _InterruptGuard()
+    guard.install()
+    step = start
     try:
+        if saved is not None:
+            torch.set_rng_state(saved["rng"])  # dropout continues where it stopped
         model.train()
-        batches = iterate_batches(train, cfg.batch_size, seed=cfg.seed)
-        for step in range(total):
+        batches = iterate_batches(train, cfg.batch_size, seed=cfg.seed, start_step=start)
+        for step in range(start, total):
             _, (x, y) = next(batches)
             if augment is not None:
                 x = augment(x, gen)
@@ -362,20 +434,66 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
             loss.backward()
             if cfg.max_grad_norm:
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            lval = float(loss.detach())
-            running = lval if running is None else 0.95 * running + 0.05 * lval
-            if (step + 1) % 20 == 0 or step + 1 == total:
-                history.append({"step": step + 1, "loss": running, "masked_loss": float(loss_masked.detach()),
-                                "lr": sched.get_last_lr()[0]})
+            with guard.update():  # a Ctrl-C here waits until the step (and its record) is complete
+                opt.step()
+                sched.step()
+                lval = float(loss.detach())
+                running = lval if running is None else 0.95 * running + 0.05 * lval
+                if (step + 1) % 20 == 0 or step + 1 == total:
+                    history.append({"step": step + 1, "loss": running, "masked_loss": float(loss_masked.detach()),
+                                    "lr": sched.get_last_lr()[0]})
+                step += 1
+            if last_dir is not None and step % every == 0 and step < total:
+                save_state(step)
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", mode=mode, keep=f"{fraction:.2f}")
+    except KeyboardInterrupt:
+        if last_dir is not None and not guard.torn:
+            save_state(step)  # the state after the last complete step
+        raise
     finally:
+        guard.uninstall()
         bar.close()
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
     after = scores()
     return RobustResult(config=cfg, before=before, after=after, history=history,
-                        trained_parameters=[n for n, _ in named], seconds=time.perf_counter() - t0)
+                        trained_parameters=[n for n, _ in named], seconds=elapsed + time.perf_counter() - t0)
+
+
+def _read_robust_state(last_dir: Path, cfg: RobustConfig, source_hash: str) -> dict[str, Any]:
+    """Read and check the state an interrupted :func:`robust_finetune` left in ``last_dir``."""
+    recover_directory(last_dir)
+    names = ("robust_state.json", "weights.safetensors", "optimizer.safetensors")
+    if not last_dir.is_dir():
+        raise ResumeError(f"cannot resume: no checkpoint at {last_dir} (expected {', '.join(names)})")
+    missing = [n for n in names if not (last_dir / n).is_file()]
+    if missing:
+        raise ResumeError(f"cannot resume: the checkpoint {last_dir} is incomplete, it lacks {', '.join(missing)} "
+                          "(start again without resume)")
+    state = read_json(last_dir / "robust_state.json")
+    need = {"step": int, "total": int, "history": list, "before": dict, "config": dict, "source_weights": str,
+            "optimizer": dict, "trained_parameters": list, "seconds": float}
+    bad = [k for k, t in need.items() if not isinstance(state.get(k) if isinstance(state, dict) else None,
+                                                        (t, int) if t is float else t)]
+    if not isinstance(state, dict) or bad or not (state["running"] is None or isinstance(state["running"], float)):
+        raise ResumeError(f"cannot resume: {last_dir / 'robust_state.json'} lacks or mistypes "
+                          f"{', '.join(bad) or 'running'}")
+    own = cfg.to_dict()
+    saved_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
+    diffs = [f"{k}: {saved_cfg.get(k)!r} -> {v!r}" for k, v in own.items() if saved_cfg.get(k) != v]
+    if diffs:
+        raise ResumeError(f"cannot resume {last_dir.parent}: this run's recipe differs from the interrupted run's: "
+                          + "; ".join(diffs) + ". Resume with the same settings, or start again without resume")
+    if state["source_weights"] != source_hash:
+        raise ResumeError(f"cannot resume {last_dir.parent}: the backbone given is not the one the interrupted run "
+                          f"started from (weights hash {source_hash}, the run's {state['source_weights']}); pass the "
+                          "original backbone, not a fine-tuned one")
+    tensors = load_tensors(last_dir / "optimizer.safetensors")
+    rng, gen_state = tensors.pop("rng.torch", None), tensors.pop("rng.generator", None)
+    if rng is None or gen_state is None:
+        raise ResumeError(f"cannot resume: {last_dir / 'optimizer.safetensors'} lacks its random-number states "
+                          "(rng.torch, rng.generator)")
+    return {"state": state, "before": state["before"], "weights": load_tensors(last_dir / "weights.safetensors"),
+            "optimizer": tensors, "rng": rng, "generator": gen_state}
