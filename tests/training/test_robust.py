@@ -213,3 +213,15 @@ def test_sop_robust_finetune_writes_a_backbone_that_loads_and_removes_its_checkp
     # a task that cannot save its backbone is refused before any training
     assert main(["robust-finetune", "imagenet-s", "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
     assert "cannot save a fine-tuned backbone" in capsys.readouterr().err
+
+
+def test_robust_finetune_leaves_the_callers_random_state_as_it_was(bars):
+    train, val, trained = bars
+    model = BarsCNN()
+    model.load_state_dict(trained.state_dict())
+    adapter = CNNAdapter(model, feature_layer="pool2", classifier="head", grid=(4, 4))
+    state = torch.get_rng_state()
+    # draws from torch's global RNG inside the loop, as dropout does
+    robust_finetune(adapter, train, val, RobustConfig(epochs=1, batch_size=128, tau=0.25), progress=False,
+                    augment=lambda x, gen: x + 0.01 * torch.randn_like(x))
+    assert torch.equal(torch.get_rng_state(), state)

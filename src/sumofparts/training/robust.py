@@ -394,6 +394,7 @@ def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg
     guard = _InterruptGuard()
     guard.install()
     step = start
+    caller_rng = torch.get_rng_state()  # dropout draws from torch's RNG; the caller gets it back as it was
     try:
         if saved is not None:
             torch.set_rng_state(saved["rng"])  # dropout continues where it stopped
@@ -452,6 +453,7 @@ def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg
             save_state(step)  # the state after the last complete step
         raise
     finally:
+        torch.set_rng_state(caller_rng)
         guard.uninstall()
         bar.close()
         model.eval()
