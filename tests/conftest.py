@@ -38,6 +38,11 @@ def tiny_cnn(seed: int = 0):
     return BarsCNN().eval()
 
 
+def last_robust_step(sidecar: dict) -> int:
+    """The number N of the last ``robust_step_N`` record of a committed backbone's JSON sidecar."""
+    return max(int(k.rsplit("_", 1)[1]) for k in sidecar if k.startswith("robust_step_"))
+
+
 def text_batch(B: int = 3, L: int = 12, seed: int = 0):
     """[CLS] tokens... [SEP] [PAD]...: different lengths per row."""
     g = torch.Generator().manual_seed(seed)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import last_robust_step
 from scipy.stats import skew
 from torch import nn
 
@@ -324,13 +325,13 @@ def test_committed_weights_match_the_default_data(small, tmp_path):
     assert side["test"]["mse"] < 0.01 and min(side["test"]["r2_per_output"]) > 0.6
     # the committed CNN is group-robust: shown one random 20 % group of cells it still predicts
     # both parameters (the whole-map CNN it starts from: R² Omega_m -3.5 on such groups)
-    last = max((k for k in side if k.startswith("robust_step_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-    after = side[last]["after"]["test"]
+    last = last_robust_step(side)
+    after = side[f"robust_step_{last}"]["after"]["test"]
     assert min(after["groups/zero"]["r2_per_output"]) > 0.5
     assert min(after["mean of 20 groups/zero"]["r2_per_output"]) > 0.75
     assert side["scratch"]["command"].startswith("python scripts/train_cosmology_backbone.py")
     assert side["weights_sha256"] == file_digest(cm.COMMITTED_WEIGHTS)  # the sidecar describes these weights
-    assert len(side["chain"]) == int(last.rsplit("_", 1)[1]) + 1 and side["command"] == side["chain"][-1]
+    assert len(side["chain"]) == last + 1 and side["command"] == side["chain"][-1]
     data, _ = small
     model = CosmologyTask().load_backbone(data, tmp_path, backbone="committed")
     assert isinstance(model, CosmoCNN) and not model.training

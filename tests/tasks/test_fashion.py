@@ -6,6 +6,7 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from conftest import last_robust_step
 
 from sumofparts.adapters import CNNAdapter, ViTAdapter
 from sumofparts.io import read_json
@@ -146,8 +147,8 @@ def test_committed_weights_load_and_reach_recorded_accuracy(kind, small, tmp_pat
         assert info["vit_config"]["patch_size"] == 4 and info["vit_config"]["image_size"] == 32
         # the committed ViT is group-robust (scripts/make_backbones.sh): shown one random group of
         # 20 % of its patches (the others dropped), it is right far above the 10 % of chance
-        last = max((k for k in info if k.startswith("robust_step_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-        after = info[last]["after"]["test"]
+        last = last_robust_step(info)
+        after = info[f"robust_step_{last}"]["after"]["test"]
         assert after["groups/drop"]["accuracy"] > 0.5 and after["mean of 20 groups/drop"]["accuracy"] > 0.7
     model = FashionTask().load_backbone(small, tmp_path, backbone=kind, train_if_missing=False)
     assert not model.training and all(not p.requires_grad for p in model.parameters())

@@ -21,4 +21,3 @@ def test_seed_changes_sop_not_the_data(tmp_path):
     assert not torch.equal(_first_params(sop0), _first_params(sop1))
     _, data2 = build_sop("synthetic", seed=0, data_seed=1, **kw)
     assert not torch.equal(data0.test.tensors[0], data2.test.tensors[0])
-

@@ -186,6 +186,10 @@ def test_an_interrupted_robust_finetune_resumes_to_the_same_weights(bars, tmp_pa
         robust_finetune(adapter, train, val, cfg, progress=False, checkpoint_dir=ck, resume=True)
     with pytest.raises(ResumeError, match="no checkpoint"):
         robust_finetune(fresh(), train, val, cfg, progress=False, checkpoint_dir=tmp_path / "none", resume=True)
+    bad = {**state, "step": "22"}
+    (ck / "last" / "robust_state.json").write_text(json.dumps(bad))
+    with pytest.raises(ResumeError, match="robust_state.json: step must be"):
+        robust_finetune(fresh(), train, val, cfg, progress=False, checkpoint_dir=ck, resume=True)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         robust_finetune(fresh(), train, val, cfg, progress=False, resume=True)
 

@@ -41,6 +41,7 @@ times) in each mode, on the validation set (and the test set when given).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -55,11 +56,11 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import BackboneAdapter
 from ..errors import ConfigError, InputError, ResumeError
-from ..io import (atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, recover_directory,
-                  save_tensors, weights_hash)
+from ..io import atomic_directory, atomic_write_json, directory_lock, load_tensors, read_json, save_tensors, weights_hash
 from ..ops import cell_counts, random_cell_masks, top_cells
-from .sop import _InterruptGuard, _load_optimizer_checked, _optimizer_tensors, _to, evaluate_model, iterate_batches
-from ..validation import Field, check_value, reject_unknown_keys
+from .sop import (_InterruptGuard, _load_optimizer_checked, _optimizer_tensors, _to, evaluate_model, iterate_batches,
+                  open_checkpoint, pop_rng_state)
+from ..validation import Field, check_fields, check_value, reject_unknown_keys
 
 __all__ = ["RobustConfig", "ROBUST_CONFIG_FIELDS", "RobustResult", "robust_finetune", "masked_predictor",
            "score_backbone"]
@@ -283,14 +284,13 @@ def robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, conf
         raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
     if int(checkpoint_every) < 0:
         raise ConfigError(f"checkpoint_every must be >= 0 (0: once per epoch), got {checkpoint_every}")
-    if checkpoint_dir is None:
-        if resume:
-            raise ConfigError("resume=True needs the checkpoint_dir of the interrupted run")
-        return _robust_finetune(adapter, train, val, cfg, task=task, test=test, trainable=trainable, augment=augment,
-                                progress=progress, checkpoint_dir=None, resume=False, checkpoint_every=0)
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    with directory_lock(checkpoint_dir, "a robust fine-tune"):
+    if checkpoint_dir is None and resume:
+        raise ConfigError("resume=True needs the checkpoint_dir of the interrupted run")
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    lock = directory_lock(checkpoint_dir, "a robust fine-tune") if checkpoint_dir is not None else contextlib.nullcontext()
+    with lock:
         return _robust_finetune(adapter, train, val, cfg, task=task, test=test, trainable=trainable, augment=augment,
                                 progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
                                 checkpoint_every=int(checkpoint_every))
@@ -319,8 +319,9 @@ def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg
                                      max_items=cfg.eval_items, mean_of=cfg.eval_groups, shape_encoder=shape_encoder)
                 for name, ds in splits.items()}
 
-    source_hash = weights_hash(model)  # the original backbone: a resumed run must start from the same one
     last_dir = checkpoint_dir / "last" if checkpoint_dir is not None else None
+    # the original backbone's hash (only a checkpointed run needs it): a resumed run must start from the same one
+    source_hash = weights_hash(model) if last_dir is not None else ""
     saved = _read_robust_state(last_dir, cfg, source_hash) if resume and last_dir is not None else None
     before = saved["before"] if saved is not None else scores()
     for p in teacher.parameters():
@@ -464,24 +465,22 @@ def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg
                         trained_parameters=[n for n, _ in named], seconds=elapsed + time.perf_counter() - t0)
 
 
+#: the fields of ``robust_state.json`` (the JSON part of a robust fine-tune's checkpoint)
+_ROBUST_STATE_FIELDS: dict[str, Field] = {
+    "step": Field(int, min=0), "total": Field(int, min=1), "running": Field(float, optional=True),
+    "history": Field(list), "before": Field(dict), "config": Field(dict), "source_weights": Field(str),
+    "optimizer": Field(dict), "trained_parameters": Field(list, item=str), "seconds": Field(float, min=0),
+}
+
+
 def _read_robust_state(last_dir: Path, cfg: RobustConfig, source_hash: str) -> dict[str, Any]:
     """Read and check the state an interrupted :func:`robust_finetune` left in ``last_dir``."""
-    recover_directory(last_dir)
-    names = ("robust_state.json", "weights.safetensors", "optimizer.safetensors")
-    if not last_dir.is_dir():
-        raise ResumeError(f"cannot resume: no checkpoint at {last_dir} (expected {', '.join(names)})")
-    missing = [n for n in names if not (last_dir / n).is_file()]
-    if missing:
-        raise ResumeError(f"cannot resume: the checkpoint {last_dir} is incomplete, it lacks {', '.join(missing)} "
-                          "(start again without resume)")
-    state = read_json(last_dir / "robust_state.json")
-    need = {"step": int, "total": int, "history": list, "before": dict, "config": dict, "source_weights": str,
-            "optimizer": dict, "trained_parameters": list, "seconds": float}
-    bad = [k for k, t in need.items() if not isinstance(state.get(k) if isinstance(state, dict) else None,
-                                                        (t, int) if t is float else t)]
-    if not isinstance(state, dict) or bad or not (state["running"] is None or isinstance(state["running"], float)):
-        raise ResumeError(f"cannot resume: {last_dir / 'robust_state.json'} lacks or mistypes "
-                          f"{', '.join(bad) or 'running'}")
+    open_checkpoint(last_dir, ("robust_state.json", "weights.safetensors", "optimizer.safetensors"))
+    path = last_dir / "robust_state.json"
+    try:
+        state = check_fields(read_json(path), _ROBUST_STATE_FIELDS, where=f"{path}: ", require=True)
+    except ConfigError as exc:
+        raise ResumeError(f"cannot resume: {exc}") from None
     own = cfg.to_dict()
     saved_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
     diffs = [f"{k}: {saved_cfg.get(k)!r} -> {v!r}" for k, v in own.items() if saved_cfg.get(k) != v]
@@ -492,10 +491,9 @@ def _read_robust_state(last_dir: Path, cfg: RobustConfig, source_hash: str) -> d
         raise ResumeError(f"cannot resume {last_dir.parent}: the backbone given is not the one the interrupted run "
                           f"started from (weights hash {source_hash}, the run's {state['source_weights']}); pass the "
                           "original backbone, not a fine-tuned one")
-    tensors = load_tensors(last_dir / "optimizer.safetensors")
-    rng, gen_state = tensors.pop("rng.torch", None), tensors.pop("rng.generator", None)
-    if rng is None or gen_state is None:
-        raise ResumeError(f"cannot resume: {last_dir / 'optimizer.safetensors'} lacks its random-number states "
-                          "(rng.torch, rng.generator)")
+    opt_path = last_dir / "optimizer.safetensors"
+    tensors = load_tensors(opt_path)
+    rng = pop_rng_state(tensors, "rng.torch", torch.get_rng_state(), opt_path)
+    gen_state = pop_rng_state(tensors, "rng.generator", torch.Generator().get_state(), opt_path)
     return {"state": state, "before": state["before"], "weights": load_tensors(last_dir / "weights.safetensors"),
             "optimizer": tensors, "rng": rng, "generator": gen_state}

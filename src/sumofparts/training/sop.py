@@ -603,17 +603,35 @@ def _config_differences(saved_sop: dict[str, Any], sop: SOPConfig, saved_train: 
     return diffs
 
 
-def _read_resume_state(last_dir: Path, sop: SumOfParts, opt: torch.optim.Optimizer, cfg: TrainConfig,
-                       allow_config_change: bool) -> _ResumeState:
-    """Load ``last/`` into ``sop`` and ``opt`` after checking that it is complete and fits this run."""
+def open_checkpoint(last_dir: Path, names: tuple[str, ...]) -> None:
+    """Make ``last_dir`` whole after a killed writer and check that it holds every file of ``names``
+    (:class:`ResumeError` naming what is missing); shared by the SOP and the robust-fine-tune resumes."""
     recover_directory(last_dir)
     if not last_dir.is_dir():
-        raise ResumeError(f"cannot resume: no checkpoint at {last_dir} (expected trainer_state.json)")
-    names = ("trainer_state.json", "optimizer.safetensors", WEIGHTS_NAME, CONFIG_NAME)
+        raise ResumeError(f"cannot resume: no checkpoint at {last_dir} (expected {', '.join(names)})")
     missing = [n for n in names if not (last_dir / n).is_file()]
     if missing:
         raise ResumeError(f"cannot resume: the checkpoint {last_dir} is incomplete, it lacks {', '.join(missing)} "
                           "(start again without resume, or restore the files)")
+
+
+def pop_rng_state(tensors: dict[str, torch.Tensor], key: str, like: torch.Tensor, path: Path) -> torch.Tensor:
+    """Remove and return the random-number state ``key`` of a checkpoint's tensors, refusing one that is
+    missing or not shaped like ``like`` (this torch's state of the same generator)."""
+    rng = tensors.pop(key, None)
+    if rng is None:
+        raise ResumeError(f"cannot resume: {path} has no random-number state ({key!r}); the checkpoint is "
+                          "incomplete (start again without resume)")
+    if rng.dtype != like.dtype or tuple(rng.shape) != tuple(like.shape):
+        raise ResumeError(f"cannot resume: the random-number state {key!r} in {path} has shape {tuple(rng.shape)} "
+                          f"and dtype {rng.dtype}, this torch's has {tuple(like.shape)} and {like.dtype}")
+    return rng
+
+
+def _read_resume_state(last_dir: Path, sop: SumOfParts, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                       allow_config_change: bool) -> _ResumeState:
+    """Load ``last/`` into ``sop`` and ``opt`` after checking that it is complete and fits this run."""
+    open_checkpoint(last_dir, ("trainer_state.json", "optimizer.safetensors", WEIGHTS_NAME, CONFIG_NAME))
     where = f"{last_dir / 'trainer_state.json'}: "
     st = check_fields(read_json(last_dir / "trainer_state.json"), _TRAINER_STATE_FIELDS, where=where, require=True,
                       allow_unknown=True)
@@ -630,16 +648,8 @@ def _read_resume_state(last_dir: Path, sop: SumOfParts, opt: torch.optim.Optimiz
         log.warning("resuming %s with a changed configuration: %s", last_dir.parent, "; ".join(diffs))
     sop.load_weights(last_dir / WEIGHTS_NAME)
     tensors = load_tensors(last_dir / "optimizer.safetensors")
-    rng = tensors.pop("rng.torch", None)
-    if rng is None:
-        raise ResumeError(f"cannot resume: {last_dir / 'optimizer.safetensors'} has no random-number state "
-                          "('rng.torch'); the checkpoint is incomplete (start again without resume)")
+    rng = pop_rng_state(tensors, "rng.torch", torch.get_rng_state(), last_dir / "optimizer.safetensors")
     _load_optimizer_checked(opt, tensors, st["optimizer"], last_dir / "optimizer.safetensors")
-    own_rng = torch.get_rng_state()
-    if rng.dtype != own_rng.dtype or tuple(rng.shape) != tuple(own_rng.shape):
-        raise ResumeError(f"cannot resume: the random-number state in {last_dir / 'optimizer.safetensors'} "
-                          f"has shape {tuple(rng.shape)} and dtype {rng.dtype}, this torch's has "
-                          f"{tuple(own_rng.shape)} and {own_rng.dtype}")
     return _ResumeState(step=st["step"], best_score=st["best_score"], best_step=st["best_step"],
                         history=st["history"], rng=rng)
 
