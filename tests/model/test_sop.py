@@ -9,6 +9,7 @@ import torch
 from conftest import text_batch, tiny_bert, tiny_cnn, tiny_vit
 
 from sumofparts import SOPConfig, SumOfParts
+from sumofparts.adapters import BertAdapter
 
 
 def make(family: str, **kw):
@@ -345,3 +346,36 @@ def test_detach_keeps_every_value_and_drops_the_graph():
             assert not b.requires_grad and torch.equal(a, b), f.name
         else:
             assert a == b
+
+
+def test_token_dropping_equals_the_shorter_sentence_at_its_own_positions():
+    """Mode "drop" of the BERT adapter: a group reads as the sentence of its tokens (and the special
+    tokens) alone, each at its original position; the hidden tokens' ids do not matter."""
+    model = tiny_bert()
+    adapter = BertAdapter(model, special_token_ids=[0, 101, 102], mask_token_id=103, drop_tokens=True)
+    x = text_batch()
+    valid = adapter.valid_cells(x)
+    g = torch.Generator().manual_seed(1)
+    masks = (torch.rand(*valid.shape[:1], 3, valid.shape[1], generator=g) < 0.4) & valid[:, None]
+    masks[:, :, 1] = True  # every group holds the first word
+    with torch.no_grad():
+        dropped, _ = adapter.forward_groups(x, masks)
+        zeroed, _ = adapter.forward_groups(x, masks, mode="zero")
+        for b in range(masks.shape[0]):
+            for k in range(masks.shape[1]):
+                keep = (masks[b, k] | (x["attention_mask"][b].bool() & ~valid[b])).nonzero().squeeze(1)
+                ref = model(input_ids=x["input_ids"][b, keep][None], position_ids=keep[None]).logits[0]
+                assert torch.allclose(dropped[b, k], ref, atol=1e-6)
+        # what stands in the hidden tokens' place is never read
+        other = dict(x, input_ids=torch.where(valid & ~masks[:, 0], torch.full_like(x["input_ids"], 7), x["input_ids"]))
+        again, _ = adapter.forward_groups(other, masks[:, :1])
+    assert torch.allclose(again, dropped[:, :1], atol=1e-6)
+    # [MASK] tokens are read: another input (this random model's logits differ between groups by ~1e-4)
+    assert (dropped - zeroed).abs().max() > 2e-5
+    # restrict_inputs builds the same inputs in the data's own format, and the spec keeps the mode
+    restricted = adapter.restrict_inputs(x, masks)
+    assert torch.allclose(model(**restricted).logits.reshape(dropped.shape), dropped, atol=1e-6)
+    rebuilt = BertAdapter.from_spec(adapter.spec(), model)
+    assert rebuilt.drop_tokens and rebuilt.masking_mode == "drop"
+    old = {k: v for k, v in adapter.spec().items() if k != "drop_tokens"}  # specs written before the mode
+    assert BertAdapter.from_spec(old, model).masking_mode == "zero"

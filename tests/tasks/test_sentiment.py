@@ -161,6 +161,8 @@ def test_adapter(backbone):
     adapter = SentimentTask().make_adapter(backbone)
     assert isinstance(adapter, BertAdapter) and adapter.num_outputs == 2
     assert adapter.mask_token_id == load_tokenizer().mask_token_id
+    # SOP's groups take the other words out of attention (the mode chosen in docs/results.md)
+    assert adapter.masking_mode == "drop" and adapter.drop_tokens
 
 
 def test_training_fallback_is_cached(tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ def test_vit_modes_and_text_models_are_fine_tuned_through_their_adapter():
 
     res = robust_finetune(bert, Items(), Items(), RobustConfig(epochs=1, batch_size=6, eval_groups=1, seed=0),
                           progress=False)
-    assert set(res.after["val"]) == {"whole", "groups/zero"} and res.after["val"]["whole"]["n"] == 24
+    assert set(res.after["val"]) == {"whole", "groups/zero", "groups/drop"} and res.after["val"]["whole"]["n"] == 24
 
 
 def test_robust_config_rejects_bad_values_with_the_field_name():

@@ -62,6 +62,7 @@ BERT_SPEC_FIELDS: dict[str, Field] = {
     "mask_token_id": Field(int, min=0, max=2_000_000),
     "generator_layer": Field(int, min=-1024, max=-1),
     "group_batch_size": Field(int, min=1, max=1_000_000, required=False, default=256),
+    "drop_tokens": Field(bool, required=False, default=False),
 }
 
 # BERT's WordPiece vocabularies: [PAD]=0, [CLS]=101, [SEP]=102, [MASK]=103
@@ -110,7 +111,11 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
     optional). Every position is a cell (N = L); special tokens and padding are never
     part of a group (``valid_cells``). A group keeps its tokens; every other real token
     is replaced by a fixed embedding (the ``[MASK]`` token's word embedding) while the
-    special tokens stay and padding stays out of attention.
+    special tokens stay and padding stays out of attention (masking mode ``"zero"``), or,
+    with ``drop_tokens=True`` (mode ``"drop"``), every other real token is taken out of
+    attention like padding: the model reads the group's tokens and the special tokens at
+    their own positions, as if the rest of the sentence were not there (no ``[MASK]``
+    token, so no missingness bias to learn away; Jain et al., ICLR 2022).
 
     Layers (layer and neuron attribution): ``bert.embeddings``, ``bert.encoder.layer.0`` ...
     (the model's own names), each seen as ``(B, D, L)``: D units at each of the L token positions
@@ -123,13 +128,18 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             WordPiece ids are assumed ([PAD]=0, [CLS]=101, [SEP]=102, [MASK]=103).
         special_token_ids / mask_token_id: explicit overrides.
         generator_layer: hidden state for the generator, from the end (-2: second-to-last).
+        drop_tokens: show groups by taking the other tokens out of attention (mode ``"drop"``)
+            instead of replacing them by ``[MASK]`` (mode ``"zero"``); both modes stay available
+            to :meth:`forward_groups` by name.
     """
 
     family = "bert"
+    masking_modes = ("zero", "drop")
     capabilities = frozenset({"token_input", "cls_attention", "layer_map"})
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, special_token_ids: Iterable[int] | None = None,
-                 mask_token_id: int | None = None, generator_layer: int = -2, group_batch_size: int = 256):
+                 mask_token_id: int | None = None, generator_layer: int = -2, group_batch_size: int = 256,
+                 drop_tokens: bool = False):
         classifier = getattr(model, "classifier", None)
         if classifier is not None and not isinstance(classifier, nn.Linear):
             classifier = getattr(classifier, "out_proj", None)
@@ -163,6 +173,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         self.max_positions = int(getattr(self.hf.config, "max_position_embeddings", 0)) or None
         self.type_vocab_size = int(getattr(self.hf.config, "type_vocab_size", 0)) or None
         self.generator_layer = int(generator_layer)
+        self.drop_tokens = check_value("drop_tokens", drop_tokens, Field(bool))
         self.encoder_dim = int(self.hf.config.hidden_size)
         self._special: torch.Tensor
         self.register_buffer("_special", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False)
@@ -251,9 +262,37 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
                 out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
 
+    @property
+    def masking_mode(self) -> str:
+        return "drop" if self.drop_tokens else "zero"
+
+    def _forward_masked(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor,
+                        mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if mode == "drop":
+            return self.forward_with_embedding(self.drop_inputs(inputs, masks))
+        return super()._forward_masked(inputs, masks, mode)
+
+    def drop_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """B·G inputs in which every real token outside its group is out of attention (its
+        ``attention_mask`` entry 0, like padding); the ids, the special tokens and the positions
+        stay: ``masks (B, G, L)`` -> a batch of B·G inputs (mode ``"drop"``)."""
+        B, G, L = masks.shape
+        ids = inputs["input_ids"]
+        hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L): real tokens outside the group
+        real = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
+        out = {"input_ids": ids.unsqueeze(1).expand(B, G, L).reshape(B * G, L),
+               "attention_mask": (real.unsqueeze(1) & ~hide).to(ids.dtype).reshape(B * G, L)}
+        if "token_type_ids" in inputs:
+            out["token_type_ids"] = inputs["token_type_ids"].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
+        return out
+
     def restrict_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Token ids with every real token outside the group replaced by the mask token (whose word
-        embedding is exactly what :meth:`mask_inputs` puts there): ``masks (B, G, L)`` -> B·G inputs."""
+        """The B·G inputs restricted to groups ``masks (B, G, L)`` in the default masking mode:
+        :meth:`drop_inputs` with ``drop_tokens``, otherwise token ids with every real token outside
+        the group replaced by the mask token (whose word embedding is exactly what
+        :meth:`mask_inputs` puts there)."""
+        if self.drop_tokens:
+            return self.drop_inputs(inputs, masks)
         B, G, L = masks.shape
         ids = inputs["input_ids"]
         hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L)
@@ -328,6 +367,7 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
             "mask_token_id": self.mask_token_id,
             "generator_layer": self.generator_layer,
             "group_batch_size": self.group_batch_size,
+            "drop_tokens": self.drop_tokens,
         }
 
     @classmethod
@@ -342,4 +382,5 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         if model is None:
             model = build_hf_model(s["model_class"], s["hf_config"], BERT_MODELS, where=where)
         return cls(model, special_token_ids=s["special_token_ids"], mask_token_id=s["mask_token_id"],
-                   generator_layer=s["generator_layer"], group_batch_size=s["group_batch_size"])
+                   generator_layer=s["generator_layer"], group_batch_size=s["group_batch_size"],
+                   drop_tokens=s["drop_tokens"])

@@ -316,7 +316,8 @@ def _robust_finetune(adapter: BackboneAdapter, train: Dataset, val: Dataset, cfg
 
     def scores() -> dict[str, dict[str, Any]]:
         return {name: score_backbone(adapter, ds, task=task, tau=cfg.tau, modes=modes, seed=cfg.seed + 1,
-                                     max_items=cfg.eval_items, mean_of=cfg.eval_groups, shape_encoder=shape_encoder)
+                                     max_items=cfg.eval_items, mean_of=cfg.eval_groups, shape_encoder=shape_encoder,
+                                     progress=progress)
                 for name, ds in splits.items()}
 
     last_dir = checkpoint_dir / "last" if checkpoint_dir is not None else None
