@@ -2,12 +2,12 @@
 
     HF_HUB_OFFLINE=1 python scripts/sentiment_group_probe.py [--n 128] [--groups 8] [--backbone W.safetensors]
 
-For the first N test sentences, G random groups of ⌊τ·n⌋ of each sentence's words (τ = 0.2, the
-groups SOP uses) are drawn once (seeded); the frozen backbone scores each group in both masking modes
-of ``BertAdapter`` ("zero": the other words replaced by [MASK]; "drop": the other words taken out of
-attention). Printed: accuracy on the whole sentences, on one group, and on the mean of the G groups'
-logits (what a uniform weighting of SOP's groups would predict) per mode. docs/results.md (sentiment)
-quotes its output.
+For the first N test sentences the frozen backbone is scored by
+:func:`sumofparts.training.robust.score_backbone` in both masking modes of ``BertAdapter``
+("zero": the other words replaced by [MASK]; "drop": the other words taken out of attention): on
+whole sentences, on one random group of ⌊τ·n⌋ words (τ = 0.2, SOP's group size) and on the mean of
+G such groups' logits (what a uniform weighting of SOP's groups would predict). docs/results.md
+(sentiment) quotes its output.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import json
 import torch
 
 from sumofparts.tasks import default_cache_dir, get_task
-from sumofparts.training.sop import iterate_batches
+from sumofparts.training.robust import score_backbone
 
 
 def main() -> None:
@@ -33,25 +33,10 @@ def main() -> None:
     task = get_task("sentiment")
     data = task.load_data(default_cache_dir(), progress=False)
     adapter = task.make_adapter(task.load_backbone(data, default_cache_dir(), backbone=args.backbone, progress=False))
-    g = torch.Generator().manual_seed(args.seed)
-    right = {"whole": 0, "zero: one group": 0, "zero: mean of groups": 0, "drop: one group": 0,
-             "drop: mean of groups": 0}
-    total = 0
-    with torch.no_grad():
-        for _, (x, y) in iterate_batches(data.test.subset(args.n), 32, seed=None):
-            valid = adapter.valid_cells(x)
-            B, L = valid.shape
-            k = torch.clamp((valid.sum(-1).float() * args.tau).floor().long(), min=1)  # (B,)
-            draw = torch.rand(B, args.groups, L, generator=g).masked_fill(~valid[:, None], 2.0)
-            masks = draw.argsort(-1).argsort(-1) < k[:, None, None]  # k random valid words per group
-            right["whole"] += int((adapter(x).argmax(-1) == y).sum())
-            for mode in ("zero", "drop"):
-                logits, _ = adapter.forward_groups(x, masks, mode=mode)  # (B, G, 2)
-                right[f"{mode}: one group"] += int((logits[:, 0].argmax(-1) == y).sum())
-                right[f"{mode}: mean of groups"] += int((logits.mean(1).argmax(-1) == y).sum())
-            total += B
-    print(json.dumps({"sentences": total, "groups": args.groups, "tau": args.tau,
-                      "accuracy": {k: round(v / total, 4) for k, v in right.items()}}, indent=1))
+    scores = score_backbone(adapter, data.test.subset(args.n), task="classification", tau=args.tau,
+                            modes=("zero", "drop"), seed=args.seed, mean_of=args.groups, progress=True)
+    print(json.dumps({"sentences": scores["whole"]["n"], "groups": args.groups, "tau": args.tau,
+                      "accuracy": {view: round(s["accuracy"], 4) for view, s in scores.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -279,9 +279,8 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         B, G, L = masks.shape
         ids = inputs["input_ids"]
         hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L): real tokens outside the group
-        real = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
         out = {"input_ids": ids.unsqueeze(1).expand(B, G, L).reshape(B * G, L),
-               "attention_mask": (real.unsqueeze(1) & ~hide).to(ids.dtype).reshape(B * G, L)}
+               "attention_mask": (self.shown_cells(inputs).unsqueeze(1) & ~hide).to(ids.dtype).reshape(B * G, L)}
         if "token_type_ids" in inputs:
             out["token_type_ids"] = inputs["token_type_ids"].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
         return out
