@@ -248,19 +248,23 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         return {name: body.get_submodule(name[len(prefix):]) for name in self.named_layers()}
 
     # backbone
+    def _hidden(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """``(B, G, L)``: the real tokens outside each group (special tokens and padding never are)."""
+        return self.valid_cells(inputs).unsqueeze(1) & ~masks
+
+    @staticmethod
+    def _per_group(inputs: dict[str, torch.Tensor], keys: tuple[str, ...], G: int) -> dict[str, torch.Tensor]:
+        """Each of ``keys`` present in ``inputs``, ``(B, L)``, repeated for the G groups: ``(B·G, L)``."""
+        return {key: inputs[key].repeat_interleave(G, dim=0) for key in keys if key in inputs}
+
     def mask_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
         B, G, L = masks.shape
-        ids = inputs["input_ids"]
         emb_layer = self.hf.get_input_embeddings()
-        emb = emb_layer(ids)  # (B, L, D)
+        emb = emb_layer(inputs["input_ids"])  # (B, L, D)
         fill = emb_layer.weight[self.mask_token_id]  # (D,)
-        hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L): real tokens outside the group
-        x = torch.where(hide.unsqueeze(-1), fill, emb.unsqueeze(1))  # (B, G, L, D)
-        out = {"inputs_embeds": x.reshape(B * G, L, -1)}
-        for key in ("attention_mask", "token_type_ids"):
-            if key in inputs:
-                out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
-        return out
+        x = torch.where(self._hidden(inputs, masks).unsqueeze(-1), fill, emb.unsqueeze(1))  # (B, G, L, D)
+        return {"inputs_embeds": x.reshape(B * G, L, -1),
+                **self._per_group(inputs, ("attention_mask", "token_type_ids"), G)}
 
     @property
     def masking_mode(self) -> str:
@@ -278,12 +282,9 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         stay: ``masks (B, G, L)`` -> a batch of B·G inputs (mode ``"drop"``)."""
         B, G, L = masks.shape
         ids = inputs["input_ids"]
-        hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L): real tokens outside the group
-        out = {"input_ids": ids.unsqueeze(1).expand(B, G, L).reshape(B * G, L),
-               "attention_mask": (self.shown_cells(inputs).unsqueeze(1) & ~hide).to(ids.dtype).reshape(B * G, L)}
-        if "token_type_ids" in inputs:
-            out["token_type_ids"] = inputs["token_type_ids"].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
-        return out
+        shown = self.shown_cells(inputs).unsqueeze(1) & ~self._hidden(inputs, masks)  # (B, G, L)
+        return {"attention_mask": shown.to(ids.dtype).reshape(B * G, L),
+                **self._per_group(inputs, ("input_ids", "token_type_ids"), G)}
 
     def restrict_inputs(self, inputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """The B·G inputs restricted to groups ``masks (B, G, L)`` in the default masking mode:
@@ -293,14 +294,10 @@ class BertAdapter(EncoderLayers, BackboneAdapter):
         if self.drop_tokens:
             return self.drop_inputs(inputs, masks)
         B, G, L = masks.shape
-        ids = inputs["input_ids"]
-        hide = self.valid_cells(inputs).unsqueeze(1) & ~masks  # (B, G, L)
-        out = {"input_ids": torch.where(hide, torch.full_like(ids, self.mask_token_id).unsqueeze(1).expand(B, G, L),
-                                        ids.unsqueeze(1).expand(B, G, L)).reshape(B * G, L)}
-        for key in ("attention_mask", "token_type_ids"):
-            if key in inputs:
-                out[key] = inputs[key].unsqueeze(1).expand(B, G, L).reshape(B * G, L)
-        return out
+        ids = inputs["input_ids"].unsqueeze(1).expand(B, G, L)
+        ids = ids.masked_fill(self._hidden(inputs, masks), self.mask_token_id)
+        return {"input_ids": ids.reshape(B * G, L),
+                **self._per_group(inputs, ("attention_mask", "token_type_ids"), G)}
 
     # the backbone as a function of its word embeddings (gradient methods on text)
     def input_embeddings(self, inputs: dict[str, torch.Tensor]) -> EmbeddedInputs:
