@@ -46,5 +46,16 @@ if [[ "$which_task" == fashion || "$which_task" == all ]]; then
         --out "$work/fashion_r5.safetensors" --threads 1 --no-progress
     # 4. 4 epochs of dropped patches, 60 % of the groups shaped like the generator's start (57 min)
     sop robust-finetune fashion --backbone "$work/fashion_r5.safetensors" --epochs 4 \
-        --set similar_fraction=0.6 'modes=["drop"]' --out "$work/fashion_vit.safetensors" --threads 2 --no-progress
+        --set similar_fraction=0.6 'modes=["drop"]' --out "$work/fashion_vit_step4.safetensors" --threads 2 --no-progress
+    # 5-7. 10, 20 and 25 more epochs of the same recipe (8, 17 and 25 min)
+    sop robust-finetune fashion --backbone "$work/fashion_vit_step4.safetensors" --epochs 10 \
+        --set similar_fraction=0.6 'modes=["drop"]' --out "$work/fashion_vit_step5.safetensors" --threads 2 --no-progress
+    sop robust-finetune fashion --backbone "$work/fashion_vit_step5.safetensors" --epochs 20 \
+        --set similar_fraction=0.6 'modes=["drop"]' --out "$work/fashion_vit_step6.safetensors" --threads 1 --no-progress
+    sop robust-finetune fashion --backbone "$work/fashion_vit_step6.safetensors" --epochs 25 \
+        --set similar_fraction=0.6 'modes=["drop"]' seed=1 --out "$work/fashion_vit_step7.safetensors" --threads 1 --no-progress
+    # 8. 10 epochs with the masked loss on the mean of 4 groups per image (25 min)
+    sop robust-finetune fashion --backbone "$work/fashion_vit_step7.safetensors" --epochs 10 \
+        --set similar_fraction=0.6 'modes=["drop"]' seed=2 ensemble_size=4 \
+        --out "$work/fashion_vit.safetensors" --threads 1 --no-progress
 fi
