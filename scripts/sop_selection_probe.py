@@ -1,0 +1,76 @@
+"""How much a trained classification SOP gets from its selector: its own groups weighed four ways.
+
+    HF_HUB_OFFLINE=1 python scripts/sop_selection_probe.py RUN/sop/best --task sentiment [--split test] [--n 0]
+
+For every item of the split the checkpoint's G groups are made once and scored by the frozen
+backbone; the same group logits are then combined as
+
+* ``sop``: SOP's own prediction (sparsemax weights w and scales c);
+* ``uniform``: the plain mean of the G group logits (a selector that weighs every group alike);
+* ``uniform_scaled``: the mean of c_i · y_i (the generator's scales, no selector);
+* ``vote``: the majority of the G groups' predicted classes (ties count as wrong);
+* ``any_group_right``: at least one group alone predicts the label (what a perfect selector of a
+  single group could reach);
+* ``whole``: the backbone on the whole input.
+
+If ``sop`` is no better than ``uniform``, the learned weights add nothing to the groups' average;
+``any_group_right`` bounds what a better selection could add. docs/results.md (sentiment) quotes
+the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from sumofparts import SumOfParts
+from sumofparts.errors import ConfigError
+from sumofparts.tasks import default_cache_dir, get_task
+from sumofparts.training.sop import iterate_batches
+
+
+@torch.no_grad()
+def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]:
+    """The accuracies listed in the module docs on ``dataset`` (items ``(inputs, label)``)."""
+    if sop.config.task != "classification":
+        raise ConfigError(f"the selection probe needs a classification SOP, got task {sop.config.task!r}")
+    sop.eval()
+    right = dict.fromkeys(("sop", "uniform", "uniform_scaled", "vote", "any_group_right", "whole"), 0)
+    total = 0
+    for _, (x, y) in iterate_batches(dataset, batch_size, seed=None):
+        out = sop(x, validate=False)
+        logits, scale = out.group_logits, out.scale.unsqueeze(-1)  # (B, G, C), (B, G, 1)
+        group_pred = logits.argmax(-1)  # (B, G)
+        votes = torch.nn.functional.one_hot(group_pred, logits.shape[-1]).sum(1)  # (B, C)
+        top2 = votes.topk(min(2, votes.shape[-1]), dim=-1).values
+        vote_ok = (votes.argmax(-1) == y) & ((top2[:, 0] > top2[:, -1]) | (votes.shape[-1] == 1))
+        right["sop"] += int((out.logits.argmax(-1) == y).sum())
+        right["uniform"] += int((logits.mean(1).argmax(-1) == y).sum())
+        right["uniform_scaled"] += int(((scale * logits).mean(1).argmax(-1) == y).sum())
+        right["vote"] += int(vote_ok.sum())
+        right["any_group_right"] += int((group_pred == y.view(-1, 1)).any(1).sum())
+        right["whole"] += int((sop.backbone_predict(x).argmax(-1) == y).sum())
+        total += len(y)
+    return {**{k: v / total for k, v in right.items()}, "n": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", help="a saved SOP directory (e.g. RUN/sop/best)")
+    ap.add_argument("--task", required=True, help="the task whose data the checkpoint was trained on")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ap.add_argument("--n", type=int, default=0, help="the first N items of the split (0: all)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sop = SumOfParts.from_pretrained(args.checkpoint)
+    data = get_task(args.task).load_data(default_cache_dir(), progress=False)
+    dataset = getattr(data, args.split)
+    if args.n:
+        dataset = dataset.subset(args.n)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in probe(sop, dataset).items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
