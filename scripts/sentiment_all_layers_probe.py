@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from sumofparts.io import save_tensors
 from sumofparts.pipeline import run_task
 from sumofparts.tasks import default_cache_dir, get_task
 from sumofparts.tasks.sentiment import SentimentTask
@@ -50,7 +50,7 @@ def main() -> None:
                              "after": round(result.after[split][view]["accuracy"], 4)}
                       for view in result.after[split]} for split in result.after}
     print(json.dumps({"seconds": round(time.perf_counter() - t0), "accuracy": scores}, indent=1))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out / "all_layers.safetensors"))
+    save_tensors(args.out / "all_layers.safetensors", model.state_dict())
     # SOP around this in-memory model: the task's loader is replaced for this process only
     SentimentTask.load_backbone = lambda self, data, cache_dir, **kw: model  # type: ignore[method-assign]
     run = run_task("sentiment", args.out / "sop_run", seed=0, progress=False, eval_n=0, report=False,

@@ -43,8 +43,8 @@ def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]
         logits, scale = out.group_logits, out.scale.unsqueeze(-1)  # (B, G, C), (B, G, 1)
         group_pred = logits.argmax(-1)  # (B, G)
         votes = torch.nn.functional.one_hot(group_pred, logits.shape[-1]).sum(1)  # (B, C)
-        top2 = votes.topk(min(2, votes.shape[-1]), dim=-1).values
-        vote_ok = (votes.argmax(-1) == y) & ((top2[:, 0] > top2[:, -1]) | (votes.shape[-1] == 1))
+        label_votes = votes.gather(1, y.view(-1, 1)).squeeze(1)
+        vote_ok = label_votes > votes.scatter(1, y.view(-1, 1), -1).max(1).values  # the label strictly ahead
         right["sop"] += int((out.logits.argmax(-1) == y).sum())
         right["uniform"] += int((logits.mean(1).argmax(-1) == y).sum())
         right["uniform_scaled"] += int(((scale * logits).mean(1).argmax(-1) == y).sum())
