@@ -11,7 +11,10 @@ backbone; the same group logits are then combined as
 * ``vote``: the majority of the G groups' predicted classes (ties count as wrong);
 * ``any_group_right``: at least one group alone predicts the label (what a perfect selector of a
   single group could reach);
-* ``whole``: the backbone on the whole input.
+* ``whole``: the backbone on the whole input;
+* ``agrees_with_whole``: SOP predicts the class the backbone predicts on the whole input;
+* ``sop_error_class_k`` / ``whole_error_class_k``: the error on the items of class k alone (one
+  class's error can hide behind a good average).
 
 If ``sop`` is no better than ``uniform``, the learned weights add nothing to the groups' average;
 ``any_group_right`` bounds what a better selection could add. docs/results.md (sentiment) quotes
@@ -36,8 +39,11 @@ def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]
     if sop.config.task != "classification":
         raise ConfigError(f"the selection probe needs a classification SOP, got task {sop.config.task!r}")
     sop.eval()
-    right = dict.fromkeys(("sop", "uniform", "uniform_scaled", "vote", "any_group_right", "whole"), 0)
+    right = dict.fromkeys(("sop", "uniform", "uniform_scaled", "vote", "any_group_right", "whole",
+                           "agrees_with_whole"), 0)
     total = 0
+    C = sop.num_outputs
+    per_class = torch.zeros(3, C)  # items, SOP wrong, backbone wrong
     for _, (x, y) in iterate_batches(dataset, batch_size, seed=None):
         out = sop(x, validate=False)
         logits, scale = out.group_logits, out.scale.unsqueeze(-1)  # (B, G, C), (B, G, 1)
@@ -50,9 +56,19 @@ def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]
         right["uniform_scaled"] += int(((scale * logits).mean(1).argmax(-1) == y).sum())
         right["vote"] += int(vote_ok.sum())
         right["any_group_right"] += int((group_pred == y.view(-1, 1)).any(1).sum())
-        right["whole"] += int((sop.backbone_predict(x).argmax(-1) == y).sum())
+        whole = sop.backbone_predict(x).argmax(-1)
+        pred = out.logits.argmax(-1)
+        right["whole"] += int((whole == y).sum())
+        right["agrees_with_whole"] += int((pred == whole).sum())
+        for row, wrong in enumerate((torch.ones_like(y, dtype=torch.bool), pred != y, whole != y)):
+            per_class[row] += torch.bincount(y[wrong], minlength=C)[:C].float()
         total += len(y)
-    return {**{k: v / total for k, v in right.items()}, "n": total}
+    errors = {}
+    for k in range(C):
+        n_k = float(per_class[0, k])
+        errors[f"sop_error_class_{k}"] = float(per_class[1, k]) / n_k if n_k else float("nan")
+        errors[f"whole_error_class_{k}"] = float(per_class[2, k]) / n_k if n_k else float("nan")
+    return {**{k: v / total for k, v in right.items()}, **errors, "n": total}
 
 
 def main() -> None:

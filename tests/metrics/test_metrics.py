@@ -256,14 +256,17 @@ def test_max_sensitivity_of_a_constant_gradient_is_zero_and_of_a_zero_map_undefi
 
 
 # -- SOP's re-made groups ---------------------------------------------------------------------------
-def test_sop_insertion_at_k_is_the_model_with_tau_k(cnn):
+@pytest.mark.parametrize("input_scale", [0.0, 0.3])
+def test_sop_insertion_at_k_is_the_model_with_tau_k(cnn, input_scale):
+    """(With the selector's whole-input term too: the curves weigh the re-made groups against the
+    whole input's embedding, computed once, exactly as the model does.)"""
     from sumofparts.model import SOPConfig, SumOfParts
     from sumofparts.tasks.synthetic import make_bars
 
     torch.manual_seed(0)
     adapter = CNNAdapter(cnn, feature_layer="pool2", classifier="head", grid=(4, 4))
     sop = SumOfParts(adapter, SOPConfig(num_groups=4, num_heads=2, tau=0.25, generator_scale=0.5,
-                                        selector_scale=1.0)).eval()
+                                        selector_scale=1.0, selector_input_scale=input_scale)).eval()
     x = make_bars(3, seed=1)[0]
     curves = M.sop_curves(sop, x, steps=4)
     assert curves.insertion_logits.shape == curves.deletion_logits.shape == (3, 4, 4)

@@ -65,7 +65,7 @@ def test_values_are_normalised_not_silently_changed():
 
 def test_a_file_needs_every_required_field_but_the_api_keeps_its_defaults():
     full = SOPConfig().to_file_dict()
-    assert full["format_version"] == 1
+    assert full["format_version"] == 2
     assert SOPConfig.from_file_dict(full) == SOPConfig()
     for name in SOP_CONFIG_FIELDS:
         partial = {k: v for k, v in full.items() if k != name}
@@ -81,6 +81,11 @@ def test_a_file_needs_every_required_field_but_the_api_keeps_its_defaults():
     assert cfg.base_value is None and cfg.candidate_queries == "paper"
     with pytest.raises(ConfigError, match=r"config.json: missing fields \['base_value', 'candidate_queries'\]"):
         SOPConfig.from_file_dict({**older, "format_version": 1})
+    # version 1 predates the selector's whole-input term: read as computed, without it
+    v1 = {k: v for k, v in full.items() if k != "selector_input_scale"} | {"format_version": 1}
+    assert SOPConfig.from_file_dict(v1).selector_input_scale == 0.0
+    with pytest.raises(ConfigError, match=r"config.json: missing fields \['selector_input_scale'\]"):
+        SOPConfig.from_file_dict({**v1, "format_version": 2})
     with pytest.raises(ConfigError, match="config.json: expected a JSON object of SOPConfig fields, got list"):
         SOPConfig.from_file_dict([])
 

@@ -203,7 +203,7 @@ def test_the_cnn_spec_names_the_registered_class_not_a_module(tmp_path):
     cfg = json.loads((saved(tmp_path, "cnn") / "config.json").read_text())
     assert cfg["backbone"]["architecture"] == "bars-cnn"
     assert "factory" not in cfg["backbone"]
-    assert cfg["format_version"] == 1
+    assert cfg["format_version"] == 2
 
 
 def test_a_legacy_checkpoint_of_a_project_cnn_loads_without_importing(tmp_path):

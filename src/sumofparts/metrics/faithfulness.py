@@ -366,8 +366,12 @@ def sop_curves(sop, inputs: Any, steps: int = 10, *, target: Any = None, output:
         probs_rows = probs[rows]
         scale = group_scale(probs_rows, masks)  # (B·2S, G)
         inputs_rows = adapter.select(inputs, rows)
-        logits = sop.forward_masks(inputs_rows, masks, scale).logits.reshape(B, 2 * S, C)
-        logits_abs = sop.forward_masks(inputs_rows, masks, scale.abs()).logits.reshape(B, 2 * S, C)
+        # a selector with the whole-input term weighs the re-made groups against the whole input,
+        # as it does SOP's own groups: its embedding is computed once per input, not per row
+        z_x = adapter.forward_with_embedding(inputs)[1][rows] if sop.selector.uses_input else None
+        logits = sop.forward_masks(inputs_rows, masks, scale, input_embedding=z_x).logits.reshape(B, 2 * S, C)
+        logits_abs = sop.forward_masks(inputs_rows, masks, scale.abs(),
+                                       input_embedding=z_x).logits.reshape(B, 2 * S, C)
         return SOPCurves(fractions=fractions(steps), insertion_logits=logits[:, :S],
                          deletion_logits=logits[:, S:], deletion_logits_abs_scale=logits_abs[:, S:],
                          logits=out.logits, target=t)

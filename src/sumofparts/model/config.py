@@ -19,9 +19,11 @@ from ..validation import Field, check_fields, check_value, reject_unknown_keys
 __all__ = ["SOPConfig", "SOP_CONFIG_FIELDS", "FORMAT_VERSION"]
 
 #: version of the ``config.json`` layout written by :meth:`SOPConfig.to_file_dict`. Files
-#: without ``format_version`` were written before it existed (version 0: the same fields).
-FORMAT_VERSION = 1
-_READABLE_VERSIONS = (0, 1)
+#: without ``format_version`` were written before it existed (version 0: without ``base_value``
+#: and ``candidate_queries``); version 1 files lack ``selector_input_scale`` (added in 2). Older
+#: files read as what they computed: the missing fields take the values of that time.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (0, 1, 2)
 
 
 def _odd_or_zero(k: int) -> str | None:
@@ -42,6 +44,8 @@ SOP_CONFIG_FIELDS: dict[str, Field] = {
     "blur_kernel": Field(int, min=0, max=99, check=_odd_or_zero, doc="Gaussian blur size (0: none)"),
     "blur_sigma": Field(float, min=1e-3, max=1e3, doc="Gaussian blur standard deviation, in cells"),
     "selector_scale": Field(float, gt=0, max=1e6, doc="s_s, scale of the selector's scores"),
+    "selector_input_scale": Field(float, min=0, max=1e6,
+                                  doc="s_x, scale of the selector's whole-input term (0: none, the paper)"),
     "task": Field(str, choices=("classification", "regression"), doc="loss and prediction kind"),
     "sequential_heads": Field(bool, doc="train the heads one after another"),
     "candidate_queries": Field(str, choices=("paper", "spread"),
@@ -70,6 +74,10 @@ class SOPConfig:
         blur_kernel: size of the Gaussian blur of each query row over the cell grid (0: none; odd).
         blur_sigma: standard deviation of that blur, in cells.
         selector_scale: s_s, the fixed scale of the selector's attention scores.
+        selector_input_scale: s_x, the scale of a selector term comparing each group's embedding
+            with the backbone's embedding of the whole input (0: none, as the authors; beyond their
+            code, see :class:`~sumofparts.model.selector.GroupSelector`). Costs one whole-input
+            backbone pass per input.
         task: "classification" (logits, cross-entropy) or "regression" (one output per target, MSE).
         sequential_heads: train the heads one after another (:meth:`training_head`) as the
             authors do; all heads' candidates are used at evaluation either way.
@@ -98,6 +106,7 @@ class SOPConfig:
     blur_kernel: int = 0
     blur_sigma: float = 1.0
     selector_scale: float = 0.01
+    selector_input_scale: float = 0.0
     task: Literal["classification", "regression"] = "classification"
     sequential_heads: bool = True
     candidate_queries: Literal["paper", "spread"] = "paper"
@@ -150,6 +159,9 @@ class SOPConfig:
             # schemes: they computed with b = 0 and the paper's candidates
             data.setdefault("base_value", None)
             data.setdefault("candidate_queries", "paper")
+        if version <= 1:
+            # versions 0 and 1 predate the selector's whole-input term: they computed without it
+            data.setdefault("selector_input_scale", 0.0)
         unknown = sorted(str(k) for k in data if k not in SOP_CONFIG_FIELDS)
         if unknown:
             raise ConfigError(f"{where}unknown SOPConfig keys {unknown}; expected some of {sorted(SOP_CONFIG_FIELDS)}")

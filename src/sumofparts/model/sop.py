@@ -53,7 +53,8 @@ class SumOfParts(nn.Module):
             attn_dim=config.generator_dim or adapter.encoder_dim, scale=config.generator_scale,
             grid=adapter.cell_grid, blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
             norm=config.generator_norm, init=config.generator_init, init_noise=config.generator_init_noise)
-        self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale)
+        self.selector = GroupSelector(adapter.classifier_weight, config.selector_scale,
+                                      input_scale=config.selector_input_scale)
         C = adapter.num_outputs
         if config.base_value is not None and len(config.base_value) != C:
             raise ConfigError(f"base_value has {len(config.base_value)} entries; expected one per output ({C})")
@@ -137,14 +138,18 @@ class SumOfParts(nn.Module):
         return sample_candidates(attn, valid, cfg.num_groups, scheme=cfg.candidate_queries,
                                  grid=self.backbone.cell_grid), valid
 
-    def forward_masks(self, inputs: Any, masks: torch.Tensor, scale: torch.Tensor) -> SOPOutput:
+    def forward_masks(self, inputs: Any, masks: torch.Tensor, scale: torch.Tensor, *,
+                      input_embedding: torch.Tensor | None = None) -> SOPOutput:
         """SOP's prediction from given groups: ``masks (B, G, N)`` bool and scales ``c (B, G)``.
 
         ``y_i, z_i = h(g_i ⊙ x)`` (the frozen backbone on each group alone, no graph kept),
-        ``w = selector(z)`` (sparsemax over the G groups for each output) and
+        ``w = selector(z)`` (sparsemax over the G groups for each output; with
+        ``selector_input_scale`` > 0 also given the backbone's embedding of the whole input) and
         ``logits = b + Σ_i w_i · c_i · (y_i − b)`` with ``b`` the base value (0 unless the
         config sets one). :meth:`forward` calls it with the generator's groups; the
         insertion/deletion curves call it with groups re-made at each fraction.
+        ``input_embedding``: the backbone's embedding of the whole inputs ``(B, D)`` when the
+        caller has it (used only with ``selector_input_scale`` > 0; computed here otherwise).
         """
         if masks.ndim != 3 or masks.dtype != torch.bool:
             raise InputError(f"expected masks as a bool tensor (B, G, N), got {tuple(masks.shape)} {masks.dtype}")
@@ -153,7 +158,11 @@ class SumOfParts(nn.Module):
         # the masks carry no gradient and the backbone is frozen: no graph through it
         with torch.no_grad():
             group_logits, z = self.backbone.forward_groups(inputs, masks)
-        weights = self.selector(z)  # (B, G, C)
+            z_input = None
+            if self.selector.uses_input:
+                z_input = (self.backbone.forward_with_embedding(inputs)[1] if input_embedding is None
+                           else input_embedding)
+        weights = self.selector(z, z_input)  # (B, G, C)
         base = self.base_value.to(group_logits.dtype)  # (C,)
         logits = base + (weights * scale.unsqueeze(-1) * (group_logits - base)).sum(1)
         return SOPOutput(logits=logits, group_logits=group_logits, group_weights=weights, masks=masks,
