@@ -1,6 +1,7 @@
 """How much a trained classification SOP gets from its selector: its own groups weighed four ways.
 
     HF_HUB_OFFLINE=1 python scripts/sop_selection_probe.py RUN/sop/best --task sentiment [--split test] [--n 0]
+        [--input-scales 0.03,0.1]
 
 For every item of the split the checkpoint's G groups are made once and scored by the frozen
 backbone; the same group logits are then combined as
@@ -15,6 +16,10 @@ backbone; the same group logits are then combined as
 * ``agrees_with_whole``: SOP predicts the class the backbone predicts on the whole input;
 * ``sop_error_class_k`` / ``whole_error_class_k``: the error on the items of class k alone (one
   class's error can hide behind a good average).
+* ``input_dot_S`` (for each S of ``--input-scales``): the G groups weighed, for every class alike, by
+  ``sparsemax_i(S · <z_x, z_i>)`` with ``z_x`` the backbone's embedding of the whole input and
+  ``z_i`` group i's, times ``c_i · y_i``: an untrained selector that trusts the groups the backbone
+  reads most like the whole input (what ``SOPConfig.selector_input_scale`` lets a selector learn).
 
 If ``sop`` is no better than ``uniform``, the learned weights add nothing to the groups' average;
 ``any_group_right`` bounds what a better selection could add. docs/results.md (sentiment) quotes
@@ -26,6 +31,7 @@ import argparse
 import json
 
 import torch
+from entmax import sparsemax
 
 from sumofparts import SumOfParts
 from sumofparts.errors import ConfigError
@@ -34,13 +40,15 @@ from sumofparts.training.sop import iterate_batches
 
 
 @torch.no_grad()
-def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]:
+def probe(sop: SumOfParts, dataset, *, batch_size: int = 32,
+          input_scales: tuple[float, ...] = ()) -> dict[str, float]:
     """The accuracies listed in the module docs on ``dataset`` (items ``(inputs, label)``)."""
     if sop.config.task != "classification":
         raise ConfigError(f"the selection probe needs a classification SOP, got task {sop.config.task!r}")
     sop.eval()
     right = dict.fromkeys(("sop", "uniform", "uniform_scaled", "vote", "any_group_right", "whole",
                            "agrees_with_whole"), 0)
+    right.update({f"input_dot_{t:g}": 0 for t in input_scales})
     total = 0
     C = sop.num_outputs
     per_class = torch.zeros(3, C)  # items, SOP wrong, backbone wrong
@@ -56,7 +64,14 @@ def probe(sop: SumOfParts, dataset, *, batch_size: int = 32) -> dict[str, float]
         right["uniform_scaled"] += int(((scale * logits).mean(1).argmax(-1) == y).sum())
         right["vote"] += int(vote_ok.sum())
         right["any_group_right"] += int((group_pred == y.view(-1, 1)).any(1).sum())
-        whole = sop.backbone_predict(x).argmax(-1)
+        whole_logits, z_x = sop.backbone.forward_with_embedding(x)
+        whole = whole_logits.argmax(-1)
+        if input_scales:
+            _, z = sop.backbone.forward_groups(x, out.masks)
+            similarity = (z * z_x[:, None, :]).sum(-1)  # (B, G)
+            for t in input_scales:
+                w = sparsemax(t * similarity, dim=1).unsqueeze(-1)  # (B, G, 1)
+                right[f"input_dot_{t:g}"] += int(((w * scale * logits).sum(1).argmax(-1) == y).sum())
         pred = out.logits.argmax(-1)
         right["whole"] += int((whole == y).sum())
         right["agrees_with_whole"] += int((pred == whole).sum())
@@ -78,6 +93,7 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--n", type=int, default=0, help="the first N items of the split (0: all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--input-scales", default="", help="comma-separated S for the input_dot_S rows (e.g. 0.03,0.1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sop = SumOfParts.from_pretrained(args.checkpoint)
@@ -85,7 +101,9 @@ def main() -> None:
     dataset = getattr(data, args.split)
     if args.n:
         dataset = dataset.subset(args.n)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in probe(sop, dataset).items()}, indent=1))
+    scales = tuple(float(t) for t in args.input_scales.split(",") if t.strip())
+    result = probe(sop, dataset, input_scales=scales)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
 
 
 if __name__ == "__main__":
