@@ -100,7 +100,9 @@ def main() -> None:
     data = get_task(args.task).load_data(default_cache_dir(), progress=False)
     dataset = getattr(data, args.split)
     if args.n:
-        dataset = dataset.subset(args.n)
+        # the sentiment dataset keeps its own subset (sentences and tokens); any other, a torch Subset
+        dataset = (dataset.subset(args.n) if hasattr(dataset, "subset")
+                   else torch.utils.data.Subset(dataset, range(min(args.n, len(dataset)))))
     scales = tuple(float(t) for t in args.input_scales.split(",") if t.strip())
     result = probe(sop, dataset, input_scales=scales)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
