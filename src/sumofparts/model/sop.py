@@ -101,11 +101,13 @@ class SumOfParts(nn.Module):
         """The generator's encoder copy and projections, the selector's projections and queries."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
 
-    def forward(self, inputs: Any, *, head: int | None = None, validate: bool = True) -> SOPOutput:
+    def forward(self, inputs: Any, *, head: int | None = None, validate: bool = True,
+                input_embedding: torch.Tensor | None = None) -> SOPOutput:
         """Groups, group predictions, weights and the final prediction for a batch.
 
         ``head``: use only this generator head's candidates (sequential head training);
-        ``None`` (evaluation): all heads. The whole computation, top to bottom:
+        ``None`` (evaluation): all heads. ``input_embedding``: see :meth:`forward_masks`.
+        The whole computation, top to bottom:
 
         1. ``probs = self.candidates(inputs, head=head)``: ``(B, G, N)``, the G kept candidate
            distributions over the cells (generator attention, evenly spaced candidates);
@@ -118,7 +120,7 @@ class SumOfParts(nn.Module):
             self.backbone.validate(inputs)
         probs, valid = self.candidates(inputs, head=head)
         masks, scale = binarise_top_tau(probs, valid, self.config.tau)
-        return self.forward_masks(inputs, masks, scale)
+        return self.forward_masks(inputs, masks, scale, input_embedding=input_embedding)
 
     def candidates(self, inputs: Any, *, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The G candidate groups as distributions over cells ``(B, G, N)``, and the valid cells ``(B, N)``.

@@ -524,8 +524,8 @@ class SentimentTask(Task):
     # spread queries (8 distinct query words at evaluation; "paper" repeats 4 across the 2 heads) and
     # distillation towards the backbone's whole-sentence output: SOP test error 0.2892 / 0.2939 /
     # 0.2923 on seeds 0 / 1 / 2 against 0.2962 / 0.3205 / 0.2970 with paper queries and no
-    # distillation; with the selector's whole-input term (s_x = 0.1) as well, 0.2077 / 0.2014 on
-    # seeds 0 / 1 (docs/results.md, sentiment)
+    # distillation; with the selector's whole-input term (s_x = 0.1) as well, 0.2077 / 0.2014 /
+    # 0.2014 on seeds 0 / 1 / 2 (docs/results.md, sentiment)
     sop_defaults = {"num_heads": 2, "num_groups": 8, "tau": 0.2, "generator_scale": 0.02,
                     "selector_scale": 1.0, "selector_input_scale": 0.1, "candidate_queries": "spread",
                     "task": "classification"}

@@ -380,14 +380,21 @@ def _train_locked(sop: SumOfParts, train_data: Dataset, val_data: Dataset, cfg: 
                 x, y = sop.backbone.select(x, local), y[local]
             x, y = _to(x, device), _to(y, device)
             head = sop.config.training_head(step, cfg.steps)
+            if step == start_step:
+                sop.backbone.validate(x)  # before any pass, so bad input gets the adapter's message
+            ref = z_x = None
+            if cfg.distill_weight > 0 or sop.selector.uses_input:
+                # one whole-input pass serves both the distillation target and the selector's input term
+                with torch.no_grad():
+                    ref, z_x = sop.backbone.forward_with_embedding(x)
+                z_x = z_x if sop.selector.uses_input else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = net(x, head=head, validate=step == start_step)
+                out = net(x, head=head, validate=False, input_embedding=z_x)
                 if step == start_step:
                     check_targets(y, out.logits, task)
                 loss = _task_loss(out.logits.float(), y, task)
             if cfg.distill_weight > 0:
-                with torch.no_grad():
-                    ref = sop.backbone(x)
+                assert ref is not None  # computed above
                 if task == "regression":
                     loss = loss + cfg.distill_weight * nn.functional.mse_loss(out.logits, ref)
                 else:
